@@ -1,0 +1,1 @@
+"""Pure charging domain: events in, actions out; imports no I/O code."""
