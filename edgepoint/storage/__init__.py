@@ -1,0 +1,1 @@
+"""SQLite persistence: one aiosqlite connection per database file, numbered migrations."""

@@ -1,0 +1,82 @@
+"""Open a SQLite file durably and bring its schema up to date with numbered migrations."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiosqlite
+
+from edgepoint.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+# A migration is a script of SQL statements; migration N (1-based) brings the
+# schema from user_version N-1 to N.
+Migration = str
+
+
+async def open_database(path: Path, migrations: Sequence[Migration]) -> aiosqlite.Connection:
+    """Open (creating if needed) the database at `path`, migrated to the newest version.
+
+    WAL lets the CLI read and write while the daemon runs; synchronous=FULL makes a
+    committed session survive power loss, which matters more on a Pi than speed.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        db = await aiosqlite.connect(path, isolation_level=None)
+    except (sqlite3.Error, OSError) as err:
+        raise StorageError(f"cannot open {path}: {err}") from err
+    try:
+        db.row_factory = aiosqlite.Row
+        await db.execute("PRAGMA busy_timeout = 5000")
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute("PRAGMA synchronous = FULL")
+        await db.execute("PRAGMA foreign_keys = ON")
+        await migrate(db, migrations)
+    except sqlite3.Error as err:
+        await db.close()
+        raise StorageError(f"cannot prepare {path}: {err}") from err
+    except BaseException:
+        await db.close()
+        raise
+    # The database may hold card ids and keys: keep it private to the daemon's user.
+    for suffix in ("", "-wal", "-shm"):
+        candidate = Path(f"{path}{suffix}")
+        if candidate.exists():
+            os.chmod(candidate, 0o600)
+    return db
+
+
+async def migrate(db: aiosqlite.Connection, migrations: Sequence[Migration]) -> int:
+    """Apply every migration newer than the file's user_version, each in one transaction."""
+    async with db.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    current = int(row[0]) if row else 0
+    if current > len(migrations):
+        raise StorageError(
+            f"database schema version {current} is newer than this edgepoint "
+            f"knows ({len(migrations)}); refusing to touch it"
+        )
+    for version in range(current + 1, len(migrations) + 1):
+        script = migrations[version - 1]
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _split(script):
+                await db.execute(statement)
+            # PRAGMA takes no parameters; version is our own integer.
+            await db.execute(f"PRAGMA user_version = {version}")
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        log.info("migrated %s to schema version %d", db, version)
+    return len(migrations)
+
+
+def _split(script: str) -> list[str]:
+    """Split a migration script into statements (our migrations hold no ';' in literals)."""
+    return [s.strip() for s in script.split(";") if s.strip()]
