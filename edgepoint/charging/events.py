@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import NewType
 
 IdTag = NewType("IdTag", str)
@@ -28,3 +29,51 @@ class TelemetrySample:
     temperature_c: float
     # Whatever else the firmware reports (name -> value), kept so nothing is lost.
     extra: tuple[tuple[str, str], ...] = field(default=())
+
+
+class AuthorizationStatus(StrEnum):
+    """OCPP 1.6 idTagInfo.status, plus Unavailable when no answer could be had."""
+
+    ACCEPTED = "Accepted"
+    BLOCKED = "Blocked"
+    EXPIRED = "Expired"
+    INVALID = "Invalid"
+    CONCURRENT_TX = "ConcurrentTx"
+    UNAVAILABLE = "Unavailable"  # not OCPP: the CSMS did not answer (offline, timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationResolved:
+    """The answer to an authorization request for a presented card."""
+
+    id_tag: IdTag
+    status: AuthorizationStatus
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryLost:
+    """No valid telemetry frame arrived within the configured timeout."""
+
+
+class StopReason(StrEnum):
+    """OCPP 1.6 StopTransaction reasons this charge point uses."""
+
+    LOCAL = "Local"
+    REMOTE = "Remote"
+    REBOOT = "Reboot"
+    POWER_LOSS = "PowerLoss"
+    EMERGENCY_STOP = "EmergencyStop"
+    DEAUTHORIZED = "DeAuthorized"
+    OTHER = "Other"
+
+
+@dataclass(frozen=True, slots=True)
+class StopRequested:
+    """Something other than the driver's card ends the session (shutdown, remote stop)."""
+
+    reason: StopReason
+    # True when there is no time to wait for a final meter reading (shutdown).
+    immediate: bool = False
+
+
+Event = TokenPresented | TelemetrySample | AuthorizationResolved | TelemetryLost | StopRequested

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sqlite3
@@ -25,7 +26,7 @@ async def open_database(path: Path, migrations: Sequence[Migration]) -> aiosqlit
     WAL lets the CLI read and write while the daemon runs; synchronous=FULL makes a
     committed session survive power loss, which matters more on a Pi than speed.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
     try:
         db = await aiosqlite.connect(path, isolation_level=None)
     except (sqlite3.Error, OSError) as err:
@@ -43,12 +44,16 @@ async def open_database(path: Path, migrations: Sequence[Migration]) -> aiosqlit
     except BaseException:
         await db.close()
         raise
-    # The database may hold card ids and keys: keep it private to the daemon's user.
+    await asyncio.to_thread(_make_private, path)
+    return db
+
+
+def _make_private(path: Path) -> None:
+    """The database may hold card ids and key hashes: only the daemon's user may read it."""
     for suffix in ("", "-wal", "-shm"):
         candidate = Path(f"{path}{suffix}")
         if candidate.exists():
             os.chmod(candidate, 0o600)
-    return db
 
 
 async def migrate(db: aiosqlite.Connection, migrations: Sequence[Migration]) -> int:

@@ -1,0 +1,95 @@
+"""Actions the charging core asks the outside world to carry out, in order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from edgepoint.charging.events import IdTag, SessionId, StopReason, TelemetrySample
+
+
+class ConnectorStatus(StrEnum):
+    """OCPP 1.6 ChargePointStatus values this connector reports."""
+
+    AVAILABLE = "Available"
+    PREPARING = "Preparing"
+    CHARGING = "Charging"
+    FINISHING = "Finishing"
+    FAULTED = "Faulted"
+
+
+class Feedback(StrEnum):
+    """What the driver should see and hear at the kiosk."""
+
+    READING = "reading"  # card seen, waiting for the verdict
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    STOPPED = "stopped"
+    FAULT = "fault"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestAuthorization:
+    """Ask the CSMS (or, later, the local list) whether this card may charge."""
+
+    id_tag: IdTag
+
+
+@dataclass(frozen=True, slots=True)
+class SetRelay:
+    """Energize or de-energize the contactor relay."""
+
+    closed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """Give the driver LED/buzzer feedback."""
+
+    feedback: Feedback
+
+
+@dataclass(frozen=True, slots=True)
+class ReportStatus:
+    """The connector's OCPP status changed: send StatusNotification."""
+
+    status: ConnectorStatus
+    error_code: str = "NoError"
+
+
+@dataclass(frozen=True, slots=True)
+class BeginSession:
+    """Durably record a new session and queue its StartTransaction."""
+
+    session_id: SessionId
+    id_tag: IdTag
+    meter_start_wh: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecordMeterValues:
+    """Durably queue a MeterValues message for the running session."""
+
+    session_id: SessionId
+    sample: TelemetrySample
+
+
+@dataclass(frozen=True, slots=True)
+class EndSession:
+    """Durably close the session and queue its StopTransaction."""
+
+    session_id: SessionId
+    id_tag: IdTag | None  # the card that stopped it, None when not stopped by a card
+    meter_stop_wh: int
+    reason: StopReason
+
+
+Action = (
+    RequestAuthorization
+    | SetRelay
+    | Signal
+    | ReportStatus
+    | BeginSession
+    | RecordMeterValues
+    | EndSession
+)
