@@ -6,7 +6,8 @@ import asyncio
 import logging
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiosqlite
@@ -85,3 +86,19 @@ async def migrate(db: aiosqlite.Connection, migrations: Sequence[Migration]) -> 
 def _split(script: str) -> list[str]:
     """Split a migration script into statements (our migrations hold no ';' in literals)."""
     return [s.strip() for s in script.split(";") if s.strip()]
+
+
+@asynccontextmanager
+async def transaction(db: aiosqlite.Connection) -> AsyncIterator[None]:
+    """`BEGIN IMMEDIATE` … `COMMIT`, rolled back on any error (connections are autocommit).
+
+    IMMEDIATE takes the write lock up front, so a CLI writing at the same time waits on
+    busy_timeout instead of failing half-way through.
+    """
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        await db.execute("ROLLBACK")
+        raise
+    await db.execute("COMMIT")

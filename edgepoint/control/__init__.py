@@ -1,0 +1,1 @@
+"""Local control API over a Unix socket, used by the CLI and the TUI."""

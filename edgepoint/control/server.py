@@ -1,0 +1,104 @@
+"""Serve the control API on a Unix socket: newline-delimited JSON requests and answers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from edgepoint.errors import EdgepointError
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST = 64 * 1024
+
+
+class ControlApi(Protocol):
+    """What the daemon offers over the socket."""
+
+    async def status(self) -> dict[str, Any]: ...
+
+    async def tap(self, uid: str) -> None: ...
+
+    def watch(self, notify: Callable[[], None]) -> Callable[[], None]: ...
+
+
+class ControlServer:
+    """Answers {"cmd": ...} lines with {"ok": true, "result": ...} or {"ok": false, "error": ...}."""
+
+    def __init__(self, path: Path, api: ControlApi) -> None:
+        self._path = path
+        self._api = api
+
+    async def run(self) -> None:
+        """Serve until cancelled; the socket file is removed on the way out."""
+        # The folder is ours alone or shared with the group (technicians), never world.
+        await asyncio.to_thread(self._path.parent.mkdir, mode=0o750, parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(self._path.unlink)  # stale socket from a crash
+        server = await asyncio.start_unix_server(self._serve, self._path, limit=MAX_REQUEST)
+        await asyncio.to_thread(os.chmod, self._path, 0o660)
+        try:
+            async with server:
+                await server.serve_forever()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                self._path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                try:
+                    request = json.loads(line)
+                    if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+                        raise ValueError('a request is an object with a string "cmd"')
+                except ValueError as err:
+                    await _send(writer, {"ok": False, "error": f"bad request: {err}"})
+                    continue
+                if request["cmd"] == "watch":
+                    await self._stream(writer)
+                    return
+                await _send(writer, await self._answer(request))
+        except (ConnectionError, asyncio.LimitOverrunError, ValueError):
+            pass  # the client went away or sent an oversized line
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = request["cmd"]
+        try:
+            if cmd == "status":
+                return {"ok": True, "result": await self._api.status()}
+            if cmd == "tap":
+                uid = request.get("uid")
+                if not isinstance(uid, str):
+                    return {"ok": False, "error": 'tap needs "uid"'}
+                await self._api.tap(uid)
+                return {"ok": True, "result": None}
+        except EdgepointError as err:
+            return {"ok": False, "error": str(err)}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    async def _stream(self, writer: asyncio.StreamWriter) -> None:
+        """Send the status now and after every change, coalescing bursts."""
+        changed = asyncio.Event()
+        unwatch = self._api.watch(changed.set)
+        try:
+            while True:
+                changed.clear()
+                await _send(writer, {"ok": True, "result": await self._api.status()})
+                await changed.wait()
+        finally:
+            unwatch()
+
+
+async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+    writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+    await writer.drain()

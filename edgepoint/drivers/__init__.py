@@ -1,0 +1,1 @@
+"""Device I/O behind small interfaces, each with a simulated twin at the lowest boundary."""
