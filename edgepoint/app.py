@@ -152,7 +152,9 @@ class Station:
 
 def _plain(snapshot: Any) -> Any:
     """A frozen dataclass snapshot as JSON-ready data."""
-    return dataclasses.asdict(snapshot) if dataclasses.is_dataclass(snapshot) else snapshot
+    if dataclasses.is_dataclass(snapshot) and not isinstance(snapshot, type):
+        return dataclasses.asdict(snapshot)
+    return snapshot
 
 
 async def run(config: Config, clock: Clock | None = None) -> None:

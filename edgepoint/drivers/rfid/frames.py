@@ -33,7 +33,7 @@ def encode_frame(tfi_and_data: bytes) -> bytes:
     return b"\x00" + START_CODE + bytes((length, lcs)) + tfi_and_data + bytes((dcs, 0x00))
 
 
-def decode_frame(raw: bytes) -> bytes:
+def decode_frame(raw: bytes | bytearray | memoryview) -> bytes:
     """Return TFI plus data of the normal information frame in `raw`.
 
     Any number of 0x00 bytes may precede the start code (the preamble is one, the
