@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from edgepoint.chargepoint import messages
 from edgepoint.charging.actions import (
     Action,
     BeginSession,
@@ -33,7 +34,6 @@ from edgepoint.charging.events import (
     TelemetryLost,
     TelemetrySample,
 )
-from edgepoint.chargepoint import messages
 from edgepoint.clock import Clock
 from edgepoint.storage.chargepoint import ChargePointStore
 
@@ -226,4 +226,3 @@ class Kiosk:
                 log.error("no telemetry for %.1f s: opening the relay", silent)
                 # Through the queue, so that events are still handled one at a time.
                 self.publish(TelemetryLost())
-

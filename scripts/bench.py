@@ -128,9 +128,11 @@ async def bench(sessions: int) -> dict[str, Any]:
             await wait_socket(sock, proc)
             await until(
                 sock,
-                lambda s: s["connector"]["status"] == "Available"
-                and s["links"]["csms"]["state"] == "online"
-                and s["telemetry"]["last"] is not None,
+                lambda s: (
+                    s["connector"]["status"] == "Available"
+                    and s["links"]["csms"]["state"] == "online"
+                    and s["telemetry"]["last"] is not None
+                ),
             )
             startup = time.perf_counter() - t_spawn
 

@@ -106,9 +106,11 @@ class Daemon:
     def wait_ready(self) -> dict[str, Any]:
         return self.wait_for(
             "online, Available, with telemetry",
-            lambda s: s["links"]["csms"]["state"] == "online"
-            and s["connector"]["status"] == "Available"
-            and s["telemetry"]["last"] is not None,
+            lambda s: (
+                s["links"]["csms"]["state"] == "online"
+                and s["connector"]["status"] == "Available"
+                and s["telemetry"]["last"] is not None
+            ),
         )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> tuple[int, float]:

@@ -20,9 +20,9 @@ from websockets.typing import Subprotocol
 
 from edgepoint import __version__
 from edgepoint.backoff import exponential
+from edgepoint.chargepoint.outbox import OutboxSender, TransactionStarted
 from edgepoint.charging.actions import ConnectorStatus
 from edgepoint.charging.events import AuthorizationStatus, IdTag
-from edgepoint.chargepoint.outbox import OutboxSender, TransactionStarted
 from edgepoint.clock import Clock, iso_utc
 from edgepoint.config import ChargePointConfig, StationConfig
 from edgepoint.storage.chargepoint import ChargePointStore

@@ -29,7 +29,7 @@ class ControlApi(Protocol):
 
 
 class ControlServer:
-    """Answers {"cmd": ...} lines with {"ok": true, "result": ...} or {"ok": false, "error": ...}."""
+    """Answers {"cmd": ...} lines with {"ok": true, "result": ...} or {"ok": false, ...}."""
 
     def __init__(self, path: Path, api: ControlApi) -> None:
         self._path = path

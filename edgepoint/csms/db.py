@@ -1,0 +1,891 @@
+"""Schema, migrations and repositories of the CSMS database (csms.db); all its SQL lives here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import hashlib
+import hmac
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from edgepoint.charging.events import IdTag
+from edgepoint.clock import Clock, SystemClock, iso_utc
+from edgepoint.csms.ids import (
+    ChargePointId,
+    CsmsError,
+    check_auth_key,
+    parse_charge_point_id,
+    parse_id_tag,
+)
+from edgepoint.errors import StorageError
+from edgepoint.storage.sqlite import Migration, open_database
+
+# Migration N brings user_version from N-1 to N. Never edit a released entry; append.
+# Timestamps are TEXT in one format (iso_utc: ...T..:..:..mmmZ) so they sort as strings.
+MIGRATIONS: Sequence[Migration] = (
+    """
+    CREATE TABLE charge_points (
+        id                TEXT PRIMARY KEY,
+        vendor            TEXT,
+        model             TEXT,
+        firmware          TEXT,
+        serial_number     TEXT,
+        auth_salt         BLOB,
+        auth_hash         BLOB,
+        auth_iterations   INTEGER,
+        registered_at     TEXT NOT NULL,
+        last_boot_at      TEXT,
+        last_heartbeat_at TEXT
+    );
+    CREATE TABLE connectors (
+        charge_point_id   TEXT NOT NULL REFERENCES charge_points(id) ON DELETE CASCADE,
+        connector_id      INTEGER NOT NULL CHECK (connector_id >= 0),
+        status            TEXT NOT NULL,
+        error_code        TEXT NOT NULL,
+        info              TEXT,
+        vendor_id         TEXT,
+        vendor_error_code TEXT,
+        timestamp         TEXT NOT NULL,
+        received_at       TEXT NOT NULL,
+        PRIMARY KEY (charge_point_id, connector_id)
+    );
+    CREATE TABLE id_tags (
+        id_tag        TEXT PRIMARY KEY COLLATE NOCASE,
+        name          TEXT NOT NULL DEFAULT '',
+        status        TEXT NOT NULL CHECK (status IN ('Accepted', 'Blocked')),
+        expires_at    TEXT,
+        parent_id_tag TEXT COLLATE NOCASE,
+        created_at    TEXT NOT NULL
+    );
+    CREATE TABLE transactions (
+        transaction_id  INTEGER PRIMARY KEY AUTOINCREMENT,
+        charge_point_id TEXT NOT NULL REFERENCES charge_points(id),
+        connector_id    INTEGER NOT NULL,
+        id_tag          TEXT NOT NULL,
+        id_tag_status   TEXT NOT NULL,
+        meter_start     INTEGER NOT NULL,
+        start_timestamp TEXT NOT NULL,
+        reservation_id  INTEGER,
+        meter_stop      INTEGER,
+        stop_timestamp  TEXT,
+        stop_reason     TEXT,
+        stop_id_tag     TEXT,
+        received_at     TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX transactions_start_key
+        ON transactions (charge_point_id, connector_id, id_tag, start_timestamp, meter_start);
+    CREATE INDEX transactions_open
+        ON transactions (charge_point_id, connector_id) WHERE stop_timestamp IS NULL;
+    CREATE TABLE meter_values (
+        id              INTEGER PRIMARY KEY,
+        charge_point_id TEXT NOT NULL,
+        connector_id    INTEGER NOT NULL,
+        transaction_id  INTEGER,
+        timestamp       TEXT NOT NULL,
+        measurand       TEXT NOT NULL,
+        phase           TEXT,
+        unit            TEXT NOT NULL,
+        location        TEXT NOT NULL,
+        format          TEXT NOT NULL,
+        context         TEXT NOT NULL,
+        value           TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX meter_values_key ON meter_values (
+        charge_point_id, connector_id, IFNULL(transaction_id, -1), timestamp, measurand,
+        IFNULL(phase, ''), unit, location, format, context, value
+    );
+    CREATE INDEX meter_values_transaction ON meter_values (transaction_id)
+    """,
+)
+
+# Auth keys are random machine secrets of 16+ characters, so stretching matters less
+# than for passwords; 100k rounds take ~60 ms on x86 and a few hundred ms on a Pi 4.
+DEFAULT_AUTH_ITERATIONS = 100_000
+_SALT_BYTES = 16
+
+
+class CardExistsError(CsmsError):
+    """An id tag with that value (compared case-insensitively) is already registered."""
+
+
+class AuthorizationStatus(enum.StrEnum):
+    """Verdict on an id tag; values are the OCPP 1.6 AuthorizationStatus strings."""
+
+    ACCEPTED = "Accepted"
+    BLOCKED = "Blocked"
+    EXPIRED = "Expired"
+    INVALID = "Invalid"
+
+
+class CardStatus(enum.StrEnum):
+    """What the operator set on a card."""
+
+    ACCEPTED = "Accepted"
+    BLOCKED = "Blocked"
+
+
+class StopOutcome(enum.StrEnum):
+    """What a StopTransaction did to the stored transaction."""
+
+    STOPPED = "stopped"
+    ALREADY_STOPPED = "already_stopped"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Card:
+    """One row of id_tags."""
+
+    id_tag: IdTag
+    name: str
+    status: CardStatus
+    expires: datetime | None  # first instant it no longer works
+    parent_id_tag: IdTag | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IdTagVerdict:
+    """Authorization status plus what OCPP's idTagInfo also carries."""
+
+    status: AuthorizationStatus
+    expires: datetime | None = None
+    parent_id_tag: IdTag | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChargePointRecord:
+    """One row of charge_points, without the key material."""
+
+    id: ChargePointId
+    vendor: str | None
+    model: str | None
+    firmware: str | None
+    serial_number: str | None
+    has_auth_key: bool
+    registered_at: datetime
+    last_boot_at: datetime | None
+    last_heartbeat_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorStatus:
+    """Latest StatusNotification of one connector (connector 0 is the whole charge point)."""
+
+    charge_point_id: ChargePointId
+    connector_id: int
+    status: str
+    error_code: str
+    info: str | None
+    vendor_id: str | None
+    vendor_error_code: str | None
+    timestamp: datetime
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MeterSample:
+    """One sampledValue, with the OCPP 1.6 defaults filled in for absent fields."""
+
+    timestamp: datetime
+    value: str
+    measurand: str = "Energy.Active.Import.Register"
+    phase: str | None = None
+    unit: str = "Wh"
+    location: str = "Outlet"
+    format: str = "Raw"
+    context: str = "Sample.Periodic"
+
+
+@dataclass(frozen=True, slots=True)
+class MeterValueRecord:
+    """One stored row of meter_values."""
+
+    charge_point_id: ChargePointId
+    connector_id: int
+    transaction_id: int | None
+    sample: MeterSample
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionRecord:
+    """One row of transactions."""
+
+    transaction_id: int
+    charge_point_id: ChargePointId
+    connector_id: int
+    id_tag: IdTag
+    id_tag_status: AuthorizationStatus
+    meter_start: int
+    start_timestamp: datetime
+    reservation_id: int | None
+    meter_stop: int | None
+    stop_timestamp: datetime | None
+    stop_reason: str | None
+    stop_id_tag: IdTag | None
+
+
+@dataclass(frozen=True, slots=True)
+class StartOutcome:
+    """Transaction id assigned to a StartTransaction; `repeated` when it was a retry."""
+
+    transaction_id: int
+    repeated: bool
+
+
+class CsmsDatabase:
+    """The one aiosqlite connection to csms.db, with statements serialized by a lock.
+
+    Every charge point session shares this connection; the lock keeps one coroutine's
+    BEGIN ... COMMIT from interleaving with another's statements.
+    """
+
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self._connection = connection
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> CsmsDatabase:
+        """Open csms.db at `path`, creating and migrating it as needed."""
+        return cls(await open_database(path, MIGRATIONS))
+
+    async def close(self) -> None:
+        """Close the connection (waits for a statement in flight)."""
+        async with self._lock:
+            await self._connection.close()
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Run the body in one BEGIN IMMEDIATE transaction; roll back on any exception."""
+        async with self._lock:
+            try:
+                await self._connection.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as err:
+                raise StorageError(f"csms.db: cannot begin a transaction: {err}") from err
+            try:
+                yield self._connection
+                await self._connection.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._connection.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StorageError(f"csms.db: {exc}") from exc
+                raise
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Run read-only statements in the body (autocommit)."""
+        async with self._lock:
+            try:
+                yield self._connection
+            except sqlite3.Error as err:
+                raise StorageError(f"csms.db: {err}") from err
+
+
+def _to_text(moment: datetime) -> str:
+    return iso_utc(moment)
+
+
+def _from_text(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _optional_time(text: str | None) -> datetime | None:
+    return None if text is None else _from_text(text)
+
+
+async def _fetch_all(db: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+    async with db.execute(sql, params) as cursor:
+        return list(await cursor.fetchall())
+
+
+async def _fetch_one(db: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> Any:
+    async with db.execute(sql, params) as cursor:
+        return await cursor.fetchone()
+
+
+def _hash_key(key: str, salt: bytes, iterations: int) -> bytes:
+    return hashlib.pbkdf2_hmac("sha256", key.encode("utf-8"), salt, iterations)
+
+
+class ChargePointRepository:
+    """Charge points: registration with a hashed Basic-auth key, boot and heartbeat info."""
+
+    def __init__(
+        self, db: CsmsDatabase, clock: Clock, *, iterations: int = DEFAULT_AUTH_ITERATIONS
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._iterations = iterations
+
+    async def set_auth_key(self, charge_point_id: str, key: str) -> None:
+        """Register the charge point if new and (re)set its key; only a salted hash is kept."""
+        cp_id = parse_charge_point_id(charge_point_id)
+        check_auth_key(key)
+        salt = os.urandom(_SALT_BYTES)
+        # PBKDF2 is CPU-bound on purpose; keep it off the event loop.
+        digest = await asyncio.to_thread(_hash_key, key, salt, self._iterations)
+        async with self._db.write() as db:
+            await db.execute(
+                """
+                INSERT INTO charge_points
+                    (id, auth_salt, auth_hash, auth_iterations, registered_at)
+                VALUES (?, ?, ?, ?, ?)
+                ON CONFLICT (id) DO UPDATE SET
+                    auth_salt = excluded.auth_salt,
+                    auth_hash = excluded.auth_hash,
+                    auth_iterations = excluded.auth_iterations
+                """,
+                (cp_id, salt, digest, self._iterations, _to_text(self._clock.utc_now())),
+            )
+
+    async def verify_auth_key(self, charge_point_id: str, key: str) -> bool:
+        """Tell whether `key` is the registered key of the charge point (False if unknown)."""
+        async with self._db.read() as db:
+            row = await _fetch_one(
+                db,
+                "SELECT auth_salt, auth_hash, auth_iterations FROM charge_points WHERE id = ?",
+                (charge_point_id,),
+            )
+        if row is None or row["auth_hash"] is None:
+            # Spend the same work as for a known id, so timing does not reveal which ids exist.
+            await asyncio.to_thread(_hash_key, key, b"\0" * _SALT_BYTES, self._iterations)
+            return False
+        digest = await asyncio.to_thread(
+            _hash_key, key, bytes(row["auth_salt"]), int(row["auth_iterations"])
+        )
+        return hmac.compare_digest(digest, bytes(row["auth_hash"]))
+
+    async def record_boot(
+        self,
+        charge_point_id: ChargePointId,
+        *,
+        vendor: str,
+        model: str,
+        firmware: str | None,
+        serial_number: str | None,
+        at: datetime,
+    ) -> None:
+        """Store what a BootNotification said about the charge point."""
+        async with self._db.write() as db:
+            await db.execute(
+                """
+                UPDATE charge_points
+                SET vendor = ?, model = ?, firmware = ?, serial_number = ?, last_boot_at = ?
+                WHERE id = ?
+                """,
+                (vendor, model, firmware, serial_number, _to_text(at), charge_point_id),
+            )
+
+    async def record_heartbeat(self, charge_point_id: ChargePointId, at: datetime) -> None:
+        """Store the time of the latest Heartbeat."""
+        async with self._db.write() as db:
+            await db.execute(
+                "UPDATE charge_points SET last_heartbeat_at = ? WHERE id = ?",
+                (_to_text(at), charge_point_id),
+            )
+
+    async def get(self, charge_point_id: str) -> ChargePointRecord | None:
+        """Return one charge point, or None."""
+        async with self._db.read() as db:
+            row = await _fetch_one(
+                db, "SELECT * FROM charge_points WHERE id = ?", (charge_point_id,)
+            )
+        return None if row is None else _charge_point(row)
+
+    async def list(self) -> list[ChargePointRecord]:
+        """Return every registered charge point, by id."""
+        async with self._db.read() as db:
+            rows = await _fetch_all(db, "SELECT * FROM charge_points ORDER BY id", ())
+        return [_charge_point(row) for row in rows]
+
+
+def _charge_point(row: Any) -> ChargePointRecord:
+    return ChargePointRecord(
+        id=ChargePointId(row["id"]),
+        vendor=row["vendor"],
+        model=row["model"],
+        firmware=row["firmware"],
+        serial_number=row["serial_number"],
+        has_auth_key=row["auth_hash"] is not None,
+        registered_at=_from_text(row["registered_at"]),
+        last_boot_at=_optional_time(row["last_boot_at"]),
+        last_heartbeat_at=_optional_time(row["last_heartbeat_at"]),
+    )
+
+
+class ConnectorRepository:
+    """Latest status of every connector of every charge point."""
+
+    def __init__(self, db: CsmsDatabase) -> None:
+        self._db = db
+
+    async def record_status(
+        self,
+        charge_point_id: ChargePointId,
+        connector_id: int,
+        *,
+        status: str,
+        error_code: str,
+        info: str | None,
+        vendor_id: str | None,
+        vendor_error_code: str | None,
+        timestamp: datetime,
+        received_at: datetime,
+    ) -> bool:
+        """Store a StatusNotification unless a newer one is already stored; tell if stored."""
+        async with self._db.write() as db:
+            cursor = await db.execute(
+                """
+                INSERT INTO connectors (charge_point_id, connector_id, status, error_code,
+                    info, vendor_id, vendor_error_code, timestamp, received_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (charge_point_id, connector_id) DO UPDATE SET
+                    status = excluded.status,
+                    error_code = excluded.error_code,
+                    info = excluded.info,
+                    vendor_id = excluded.vendor_id,
+                    vendor_error_code = excluded.vendor_error_code,
+                    timestamp = excluded.timestamp,
+                    received_at = excluded.received_at
+                WHERE excluded.timestamp >= connectors.timestamp
+                """,
+                (
+                    charge_point_id,
+                    connector_id,
+                    status,
+                    error_code,
+                    info,
+                    vendor_id,
+                    vendor_error_code,
+                    _to_text(timestamp),
+                    _to_text(received_at),
+                ),
+            )
+            return cursor.rowcount > 0
+
+    async def list(self, charge_point_id: str | None = None) -> list[ConnectorStatus]:
+        """Return connector statuses, of one charge point or of all."""
+        async with self._db.read() as db:
+            if charge_point_id is None:
+                rows = await _fetch_all(
+                    db, "SELECT * FROM connectors ORDER BY charge_point_id, connector_id", ()
+                )
+            else:
+                rows = await _fetch_all(
+                    db,
+                    "SELECT * FROM connectors WHERE charge_point_id = ? ORDER BY connector_id",
+                    (charge_point_id,),
+                )
+        return [
+            ConnectorStatus(
+                charge_point_id=ChargePointId(row["charge_point_id"]),
+                connector_id=int(row["connector_id"]),
+                status=row["status"],
+                error_code=row["error_code"],
+                info=row["info"],
+                vendor_id=row["vendor_id"],
+                vendor_error_code=row["vendor_error_code"],
+                timestamp=_from_text(row["timestamp"]),
+                received_at=_from_text(row["received_at"]),
+            )
+            for row in rows
+        ]
+
+
+def _expiry(expires: date | datetime | None) -> datetime | None:
+    """A datetime must be aware; a date means valid through that whole day (UTC)."""
+    if expires is None:
+        return None
+    if isinstance(expires, datetime):
+        if expires.tzinfo is None:
+            raise CsmsError("card expiry must carry a timezone (or be a plain date)")
+        return expires.astimezone(UTC)
+    return datetime.combine(expires + timedelta(days=1), time(0), tzinfo=UTC)
+
+
+class CardRepository:
+    """The id tags (RFID cards) this CSMS authorizes; unknown tags are Invalid."""
+
+    def __init__(self, db: CsmsDatabase, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def add(
+        self,
+        id_tag: str,
+        name: str = "",
+        expires: date | datetime | None = None,
+        *,
+        parent_id_tag: str | None = None,
+    ) -> Card:
+        """Register a card as Accepted; raise CardExistsError if it is already registered."""
+        card = Card(
+            id_tag=parse_id_tag(id_tag),
+            name=name.strip(),
+            status=CardStatus.ACCEPTED,
+            expires=_expiry(expires),
+            parent_id_tag=None if parent_id_tag is None else parse_id_tag(parent_id_tag),
+            created_at=self._clock.utc_now().astimezone(UTC),
+        )
+        async with self._db.write() as db:
+            cursor = await db.execute(
+                """
+                INSERT INTO id_tags (id_tag, name, status, expires_at, parent_id_tag, created_at)
+                VALUES (?, ?, ?, ?, ?, ?)
+                ON CONFLICT (id_tag) DO NOTHING
+                """,
+                (
+                    card.id_tag,
+                    card.name,
+                    card.status.value,
+                    None if card.expires is None else _to_text(card.expires),
+                    card.parent_id_tag,
+                    _to_text(card.created_at),
+                ),
+            )
+            if cursor.rowcount == 0:
+                raise CardExistsError(f"id tag {card.id_tag!r} is already registered")
+        return card
+
+    async def get(self, id_tag: str) -> Card | None:
+        """Return the card (matched case-insensitively), or None."""
+        async with self._db.read() as db:
+            row = await _fetch_one(db, "SELECT * FROM id_tags WHERE id_tag = ?", (id_tag,))
+        return None if row is None else _card(row)
+
+    async def list(self) -> list[Card]:
+        """Return every card, by id tag."""
+        async with self._db.read() as db:
+            rows = await _fetch_all(db, "SELECT * FROM id_tags ORDER BY id_tag", ())
+        return [_card(row) for row in rows]
+
+    async def block(self, id_tag: str) -> bool:
+        """Block a card; False if there is no such card."""
+        return await self._set_status(id_tag, CardStatus.BLOCKED)
+
+    async def unblock(self, id_tag: str) -> bool:
+        """Accept a blocked card again; False if there is no such card."""
+        return await self._set_status(id_tag, CardStatus.ACCEPTED)
+
+    async def remove(self, id_tag: str) -> bool:
+        """Forget a card (it becomes Invalid); False if there was no such card."""
+        async with self._db.write() as db:
+            cursor = await db.execute("DELETE FROM id_tags WHERE id_tag = ?", (id_tag,))
+            return cursor.rowcount > 0
+
+    async def check(self, id_tag: str, now: datetime) -> IdTagVerdict:
+        """Decide on an id tag at `now`: Accepted, Blocked, Expired or Invalid (unknown)."""
+        card = await self.get(id_tag)
+        if card is None:
+            return IdTagVerdict(AuthorizationStatus.INVALID)
+        if card.status is CardStatus.BLOCKED:
+            status = AuthorizationStatus.BLOCKED
+        elif card.expires is not None and card.expires <= now:
+            status = AuthorizationStatus.EXPIRED
+        else:
+            status = AuthorizationStatus.ACCEPTED
+        return IdTagVerdict(status, card.expires, card.parent_id_tag)
+
+    async def authorize(self, id_tag: str, now: datetime) -> AuthorizationStatus:
+        """Return only the status part of `check`."""
+        return (await self.check(id_tag, now)).status
+
+    async def _set_status(self, id_tag: str, status: CardStatus) -> bool:
+        async with self._db.write() as db:
+            cursor = await db.execute(
+                "UPDATE id_tags SET status = ? WHERE id_tag = ?", (status.value, id_tag)
+            )
+            return cursor.rowcount > 0
+
+
+def _card(row: Any) -> Card:
+    return Card(
+        id_tag=IdTag(row["id_tag"]),
+        name=row["name"],
+        status=CardStatus(row["status"]),
+        expires=_optional_time(row["expires_at"]),
+        parent_id_tag=None if row["parent_id_tag"] is None else IdTag(row["parent_id_tag"]),
+        created_at=_from_text(row["created_at"]),
+    )
+
+
+_INSERT_SAMPLE = """
+    INSERT OR IGNORE INTO meter_values (charge_point_id, connector_id, transaction_id,
+        timestamp, measurand, phase, unit, location, format, context, value)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+
+async def _insert_samples(
+    db: aiosqlite.Connection,
+    charge_point_id: ChargePointId,
+    connector_id: int,
+    transaction_id: int | None,
+    samples: Sequence[MeterSample],
+) -> int:
+    inserted = 0
+    for s in samples:
+        cursor = await db.execute(
+            _INSERT_SAMPLE,
+            (
+                charge_point_id,
+                connector_id,
+                transaction_id,
+                _to_text(s.timestamp),
+                s.measurand,
+                s.phase,
+                s.unit,
+                s.location,
+                s.format,
+                s.context,
+                s.value,
+            ),
+        )
+        inserted += cursor.rowcount
+    return inserted
+
+
+class MeterValueRepository:
+    """Sampled meter values; a retried MeterValues message is stored once."""
+
+    def __init__(self, db: CsmsDatabase) -> None:
+        self._db = db
+
+    async def add(
+        self,
+        charge_point_id: ChargePointId,
+        connector_id: int,
+        transaction_id: int | None,
+        samples: Sequence[MeterSample],
+    ) -> int:
+        """Store samples not stored yet, all in one transaction; return how many were new."""
+        async with self._db.write() as db:
+            return await _insert_samples(db, charge_point_id, connector_id, transaction_id, samples)
+
+    async def list(
+        self, charge_point_id: str, *, transaction_id: int | None = None
+    ) -> list[MeterValueRecord]:
+        """Return a charge point's samples (optionally of one transaction) in time order."""
+        async with self._db.read() as db:
+            if transaction_id is None:
+                rows = await _fetch_all(
+                    db,
+                    "SELECT * FROM meter_values WHERE charge_point_id = ? ORDER BY timestamp, id",
+                    (charge_point_id,),
+                )
+            else:
+                rows = await _fetch_all(
+                    db,
+                    "SELECT * FROM meter_values WHERE charge_point_id = ? AND transaction_id = ?"
+                    " ORDER BY timestamp, id",
+                    (charge_point_id, transaction_id),
+                )
+        return [
+            MeterValueRecord(
+                charge_point_id=ChargePointId(row["charge_point_id"]),
+                connector_id=int(row["connector_id"]),
+                transaction_id=row["transaction_id"],
+                sample=MeterSample(
+                    timestamp=_from_text(row["timestamp"]),
+                    value=row["value"],
+                    measurand=row["measurand"],
+                    phase=row["phase"],
+                    unit=row["unit"],
+                    location=row["location"],
+                    format=row["format"],
+                    context=row["context"],
+                ),
+            )
+            for row in rows
+        ]
+
+
+class TransactionRepository:
+    """Charging transactions; Start and Stop are idempotent so a retry changes nothing."""
+
+    def __init__(self, db: CsmsDatabase) -> None:
+        self._db = db
+
+    async def start(
+        self,
+        charge_point_id: ChargePointId,
+        connector_id: int,
+        id_tag: str,
+        *,
+        meter_start: int,
+        timestamp: datetime,
+        id_tag_status: AuthorizationStatus,
+        reservation_id: int | None,
+        received_at: datetime,
+    ) -> StartOutcome:
+        """Record a StartTransaction; the same message again returns the same id."""
+        key = (charge_point_id, connector_id, id_tag, _to_text(timestamp), meter_start)
+        async with self._db.write() as db:
+            cursor = await db.execute(
+                """
+                INSERT INTO transactions (charge_point_id, connector_id, id_tag,
+                    start_timestamp, meter_start, id_tag_status, reservation_id, received_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (charge_point_id, connector_id, id_tag, start_timestamp, meter_start)
+                DO NOTHING
+                """,
+                (*key, id_tag_status.value, reservation_id, _to_text(received_at)),
+            )
+            if cursor.rowcount == 1 and cursor.lastrowid is not None:
+                return StartOutcome(cursor.lastrowid, repeated=False)
+            row = await _fetch_one(
+                db,
+                """
+                SELECT transaction_id FROM transactions
+                WHERE charge_point_id = ? AND connector_id = ? AND id_tag = ?
+                    AND start_timestamp = ? AND meter_start = ?
+                """,
+                key,
+            )
+            if row is None:
+                raise StorageError("csms.db: StartTransaction neither stored nor found")
+            return StartOutcome(int(row["transaction_id"]), repeated=True)
+
+    async def stop(
+        self,
+        charge_point_id: ChargePointId,
+        transaction_id: int,
+        *,
+        meter_stop: int,
+        timestamp: datetime,
+        reason: str,
+        id_tag: str | None,
+        samples: Sequence[MeterSample] = (),
+    ) -> StopOutcome:
+        """Record a StopTransaction and its transactionData in one database transaction.
+
+        A stop for an already stopped transaction changes nothing but still stores
+        samples not seen yet; a stop for a transaction this charge point does not own
+        is UNKNOWN, and its samples are kept under connector 0 so they are not lost.
+        """
+        async with self._db.write() as db:
+            row = await _fetch_one(
+                db,
+                """
+                SELECT connector_id, stop_timestamp FROM transactions
+                WHERE transaction_id = ? AND charge_point_id = ?
+                """,
+                (transaction_id, charge_point_id),
+            )
+            if row is None:
+                outcome = StopOutcome.UNKNOWN
+                connector_id = 0
+            elif row["stop_timestamp"] is not None:
+                outcome = StopOutcome.ALREADY_STOPPED
+                connector_id = int(row["connector_id"])
+            else:
+                outcome = StopOutcome.STOPPED
+                connector_id = int(row["connector_id"])
+                await db.execute(
+                    """
+                    UPDATE transactions
+                    SET meter_stop = ?, stop_timestamp = ?, stop_reason = ?, stop_id_tag = ?
+                    WHERE transaction_id = ?
+                    """,
+                    (meter_stop, _to_text(timestamp), reason, id_tag, transaction_id),
+                )
+            await _insert_samples(db, charge_point_id, connector_id, transaction_id, samples)
+        return outcome
+
+    async def get(self, transaction_id: int) -> TransactionRecord | None:
+        """Return one transaction, or None."""
+        async with self._db.read() as db:
+            row = await _fetch_one(
+                db, "SELECT * FROM transactions WHERE transaction_id = ?", (transaction_id,)
+            )
+        return None if row is None else _transaction(row)
+
+    async def list(self, charge_point_id: str | None = None) -> list[TransactionRecord]:
+        """Return transactions, of one charge point or of all, oldest first."""
+        async with self._db.read() as db:
+            if charge_point_id is None:
+                rows = await _fetch_all(
+                    db, "SELECT * FROM transactions ORDER BY transaction_id", ()
+                )
+            else:
+                rows = await _fetch_all(
+                    db,
+                    "SELECT * FROM transactions WHERE charge_point_id = ? ORDER BY transaction_id",
+                    (charge_point_id,),
+                )
+        return [_transaction(row) for row in rows]
+
+
+def _transaction(row: Any) -> TransactionRecord:
+    return TransactionRecord(
+        transaction_id=int(row["transaction_id"]),
+        charge_point_id=ChargePointId(row["charge_point_id"]),
+        connector_id=int(row["connector_id"]),
+        id_tag=IdTag(row["id_tag"]),
+        id_tag_status=AuthorizationStatus(row["id_tag_status"]),
+        meter_start=int(row["meter_start"]),
+        start_timestamp=_from_text(row["start_timestamp"]),
+        reservation_id=row["reservation_id"],
+        meter_stop=row["meter_stop"],
+        stop_timestamp=_optional_time(row["stop_timestamp"]),
+        stop_reason=row["stop_reason"],
+        stop_id_tag=None if row["stop_id_tag"] is None else IdTag(row["stop_id_tag"]),
+    )
+
+
+class CsmsStore:
+    """csms.db with every repository over it: what the CSMS and the `cards` CLI open."""
+
+    def __init__(
+        self, db: CsmsDatabase, clock: Clock, *, auth_iterations: int = DEFAULT_AUTH_ITERATIONS
+    ) -> None:
+        self.db = db
+        self.charge_points = ChargePointRepository(db, clock, iterations=auth_iterations)
+        self.connectors = ConnectorRepository(db)
+        self.cards = CardRepository(db, clock)
+        self.transactions = TransactionRepository(db)
+        self.meter_values = MeterValueRepository(db)
+
+    @classmethod
+    async def open(
+        cls, path: Path, clock: Clock, *, auth_iterations: int = DEFAULT_AUTH_ITERATIONS
+    ) -> CsmsStore:
+        """Open (creating and migrating if needed) csms.db at `path`."""
+        return cls(await CsmsDatabase.open(path), clock, auth_iterations=auth_iterations)
+
+    async def close(self) -> None:
+        """Close the database connection."""
+        await self.db.close()
+
+
+async def open_csms_database(
+    path: Path, clock: Clock | None = None, *, auth_iterations: int = DEFAULT_AUTH_ITERATIONS
+) -> CsmsStore:
+    """Open csms.db with its repositories (the CLI's entry point; safe while the daemon runs).
+
+    WAL plus BEGIN IMMEDIATE and a busy timeout let the CLI and the daemon write the
+    same file; the caller closes the returned store.
+    """
+    return await CsmsStore.open(path, clock or SystemClock(), auth_iterations=auth_iterations)
+
+
+@contextlib.asynccontextmanager
+async def open_csms_store(
+    path: Path, clock: Clock, *, auth_iterations: int = DEFAULT_AUTH_ITERATIONS
+) -> AsyncIterator[CsmsStore]:
+    """Open csms.db for the body and close it after (for the CLI and one-off tasks)."""
+    store = await CsmsStore.open(path, clock, auth_iterations=auth_iterations)
+    try:
+        yield store
+    finally:
+        await store.close()
