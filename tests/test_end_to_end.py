@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemon, cli
+from daemon_harness import Daemon, cli
 
 pytestmark = pytest.mark.timeout(90)
 

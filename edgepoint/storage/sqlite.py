@@ -59,9 +59,7 @@ def _make_private(path: Path) -> None:
 
 async def migrate(db: aiosqlite.Connection, migrations: Sequence[Migration]) -> int:
     """Apply every migration newer than the file's user_version, each in one transaction."""
-    async with db.execute("PRAGMA user_version") as cur:
-        row = await cur.fetchone()
-    current = int(row[0]) if row else 0
+    current = await _user_version(db)
     if current > len(migrations):
         raise StorageError(
             f"database schema version {current} is newer than this edgepoint "
@@ -70,6 +68,11 @@ async def migrate(db: aiosqlite.Connection, migrations: Sequence[Migration]) -> 
     for version in range(current + 1, len(migrations) + 1):
         script = migrations[version - 1]
         await db.execute("BEGIN IMMEDIATE")
+        # Another process (the CLI opening csms.db while the daemon starts) may have
+        # applied this migration between our read and our lock: read again under it.
+        if await _user_version(db) >= version:
+            await db.execute("COMMIT")
+            continue
         try:
             for statement in _split(script):
                 await db.execute(statement)
@@ -81,6 +84,12 @@ async def migrate(db: aiosqlite.Connection, migrations: Sequence[Migration]) -> 
             raise
         log.info("migrated %s to schema version %d", db, version)
     return len(migrations)
+
+
+async def _user_version(db: aiosqlite.Connection) -> int:
+    async with db.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
 
 
 def _split(script: str) -> list[str]:

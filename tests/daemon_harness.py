@@ -1,0 +1,128 @@
+"""A real `edgepoint run` subprocess on a temp config, its CLI, and ways to look at it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgepoint.control.client import request
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(folder: Path, **overrides: Any) -> Path:
+    """A fast simulated configuration in `folder`; `section__key=value` overrides."""
+    values: dict[str, dict[str, Any]] = {
+        "station": {"id": "EP-TEST-1"},
+        "chargepoint": {
+            "csms_url": "",
+            "meter_value_sample_interval": 1,
+            "response_timeout": 5,
+            "reconnect_max_s": 1,
+        },
+        "csms": {"enabled": True, "host": "127.0.0.1", "port": free_port()},
+        "storage": {"dir": "var"},
+        "hardware": {"simulate": True, "telemetry_timeout_s": 3},
+        # 36 kW: the register rises 1 Wh every 0.1 s, so a short test sees real energy.
+        "simulation": {"charge_power_w": 36000, "telemetry_interval_s": 0.1},
+        "control": {"socket": "var/edgepoint.sock"},
+        "log": {"level": "INFO"},
+    }
+    values["chargepoint"]["csms_url"] = f"ws://127.0.0.1:{values['csms']['port']}/ocpp"
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        values[section][name] = value
+    lines = []
+    for section, table in values.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
+    path = folder / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def cli(config: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run `edgepoint ARGS --config CONFIG` as a separate process."""
+    command = [sys.executable, "-m", "edgepoint.cli", *args, "--config", str(config)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} failed ({result.returncode}): {result.stderr}")
+    return result
+
+
+class Daemon:
+    """A running `edgepoint run` and ways to look at it."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.socket = config.parent / "var" / "edgepoint.sock"
+        self.log = config.parent / "daemon.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "edgepoint.cli", "run", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = asyncio.run(request(self.socket, "status"))
+        return result
+
+    def wait_for(
+        self, what: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 15
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] | str = "no answer yet"
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, self.tail()
+            try:
+                last = self.status()
+                if predicate(last):
+                    return last
+            except Exception as err:  # not up yet
+                last = repr(err)
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}; last status: {last}\n{self.tail()}")
+
+    def wait_ready(self) -> dict[str, Any]:
+        return self.wait_for(
+            "online, Available, with telemetry",
+            lambda s: (
+                s["links"]["csms"]["state"] == "online"
+                and s["connector"]["status"] == "Available"
+                and s["telemetry"]["last"] is not None
+            ),
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> tuple[int, float]:
+        """Signal the daemon; return its exit code and how long it took to exit."""
+        assert self.proc is not None
+        started = time.monotonic()
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=timeout)
+        return code, time.monotonic() - started
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "daemon log:\n" + "\n".join(text.splitlines()[-lines:])
