@@ -147,7 +147,13 @@ class Station:
         chip.present_card(raw)
 
     def watch(self, notify: Callable[[], None]) -> Callable[[], None]:
-        return self._kiosk.watch(notify)
+        undo = (self._kiosk.watch(notify), self._link.watch(notify))
+
+        def unwatch() -> None:
+            for step in undo:
+                step()
+
+        return unwatch
 
 
 def _plain(snapshot: Any) -> Any:

@@ -126,7 +126,7 @@ class Kiosk:
         self._events.put_nowait(event)
 
     def watch(self, notify: Callable[[], None]) -> Callable[[], None]:
-        """Call `notify` after every handled event that changed something; returns unwatch."""
+        """Call `notify` after every handled event; returns a function that unwatches."""
         self._watchers.add(notify)
         return lambda: self._watchers.discard(notify)
 
@@ -174,9 +174,9 @@ class Kiosk:
             self._rejected += 1
             log.info("event %s rejected: %s", type(event).__name__, outcome.reason)
         await self._execute(outcome.actions)
-        if outcome.actions:
-            for notify in list(self._watchers):
-                notify()
+        # Every handled event changes what a watcher shows (at least the live telemetry).
+        for notify in list(self._watchers):
+            notify()
 
     async def _execute(self, actions: tuple[Action, ...]) -> None:
         for action in actions:

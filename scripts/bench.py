@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -74,9 +75,10 @@ def percentile(values: list[float], q: float) -> float:
 
 async def until(sock: Path, predicate: Any, timeout: float = 20) -> dict[str, Any]:
     async def scan() -> dict[str, Any]:
-        async for status in watch(sock):
-            if predicate(status):
-                return status
+        async with contextlib.aclosing(watch(sock)) as stream:
+            async for status in stream:
+                if predicate(status):
+                    return status
         raise RuntimeError("status stream ended")
 
     return await asyncio.wait_for(scan(), timeout)
@@ -101,9 +103,10 @@ async def tap_and_wait(sock: Path, card: str, relay_closed: bool) -> float:
     """Tap, then return seconds until the status stream shows the relay in that state."""
 
     async def scan() -> float:
-        async for status in watch(sock):
-            if status["connector"]["relay_closed"] is relay_closed:
-                return time.perf_counter() - t0
+        async with contextlib.aclosing(watch(sock)) as stream:
+            async for status in stream:
+                if status["connector"]["relay_closed"] is relay_closed:
+                    return time.perf_counter() - t0
         raise RuntimeError("status stream ended")
 
     stream = asyncio.create_task(scan())
@@ -138,13 +141,13 @@ async def bench(sessions: int) -> dict[str, Any]:
 
             latencies: list[float] = []
             for _ in range(sessions):
+                # The emulated card dwells in the field for 0.3 s; a tap while it is
+                # still there is the same presentation (debounced): leave it off the reader a while.
                 latencies.append(await tap_and_wait(sock, card, relay_closed=True))
-                await asyncio.sleep(0.15)
+                await asyncio.sleep(0.8)
                 await tap_and_wait(sock, card, relay_closed=False)
-                # The emulated card dwells in the field for 0.3 s; wait until it has left
-                # so the next tap is a new presentation, and the session is closed.
                 await until(sock, lambda s: s["connector"]["phase"] == "Available")
-                await asyncio.sleep(0.35)
+                await asyncio.sleep(0.8)
             rss = peak_rss_kib(proc.pid)
             status = await request(sock, "status")
         finally:

@@ -78,7 +78,8 @@ class CsmsLink:
         self._clock = clock
         self._connector_id = connector_id
         self._backoff = backoff or (lambda n: exponential(n, cap_s=config.reconnect_max_s))
-        self.state = LinkState.DISCONNECTED
+        self._watchers: set[Callable[[], None]] = set()
+        self._state = LinkState.DISCONNECTED
         self.outbox_wake = asyncio.Event()
         self.on_transaction_started: TransactionStarted = lambda *_: None
         self._status: tuple[ConnectorStatus, str] = (ConnectorStatus.AVAILABLE, "NoError")
@@ -91,6 +92,22 @@ class CsmsLink:
         self._connects = 0
         self._last_error = ""
         self._closing = False
+
+    @property
+    def state(self) -> LinkState:
+        return self._state
+
+    @state.setter
+    def state(self, state: LinkState) -> None:
+        if state is not self._state:
+            self._state = state
+            for notify in list(self._watchers):
+                notify()
+
+    def watch(self, notify: Callable[[], None]) -> Callable[[], None]:
+        """Call `notify` whenever the link state changes; returns a function that unwatches."""
+        self._watchers.add(notify)
+        return lambda: self._watchers.discard(notify)
 
     @property
     def url(self) -> str:

@@ -66,6 +66,11 @@ class ControlServer:
                 await _send(writer, await self._answer(request))
         except (ConnectionError, asyncio.LimitOverrunError, ValueError):
             pass  # the client went away or sent an oversized line
+        except asyncio.CancelledError:
+            # Shutdown cancels open connections. Python 3.11's stream server calls
+            # task.exception() on its handler and logs a spurious error if the task
+            # ends cancelled, so end normally: nothing awaits this task.
+            pass
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):
