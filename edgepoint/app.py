@@ -15,7 +15,7 @@ from typing import Any
 
 from edgepoint import __version__, systemd
 from edgepoint.chargepoint.link import CsmsLink, LinkState
-from edgepoint.clock import Clock, SystemClock
+from edgepoint.clock import Clock, SystemClock, is_synced
 from edgepoint.config import Config
 from edgepoint.control.server import ControlServer
 from edgepoint.csms.server import SiteCsms
@@ -100,6 +100,8 @@ class Station:
             "version": __version__,
             "simulated": self._config.hardware.simulate,
             "uptime_s": round(self._clock.monotonic() - self._started, 3),
+            # False on a Pi that booted without NTP/RTC: timestamps sent out are wrong.
+            "clock_synced": is_synced(self._clock),
             "connector": {
                 "id": 1,
                 "status": k.status,
@@ -213,6 +215,10 @@ async def run(config: Config, clock: Clock | None = None) -> None:
             ]
             link_task = tg.create_task(link.run())
             watchdog = tg.create_task(_keep_systemd_happy())
+            if not is_synced(clock):
+                log.warning(
+                    "the wall clock is not set (%s): timestamps will be wrong", clock.utc_now()
+                )
             systemd.notify(f"READY=1\nSTATUS=serving as {config.station.id}")
             log.info("edgepoint %s running as %s", __version__, config.station.id)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -71,12 +72,13 @@ class Daemon:
         self.log = config.parent / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Daemon:
+    def start(self, env: dict[str, str] | None = None) -> Daemon:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "edgepoint.cli", "run", "--config", str(self.config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
             )
         return self
 
