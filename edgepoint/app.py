@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 SHUTDOWN_FLUSH_S = 1.5
 
 
+# Where the simulated ESP32 keeps its energy register between runs of the daemon.
+SIMULATED_NVS = "simulated-esp32.nvs"
+
+
 @dataclass
 class Devices:
     """The card reader, the telemetry link and, when simulating, their emulators."""
@@ -57,6 +61,7 @@ def build_devices(config: Config, panel: Panel) -> Devices:
     master_fd, slave_path = open_pty()
     esp32 = Esp32Emulator(
         master_fd,
+        nvs=config.storage.dir / SIMULATED_NVS,
         relay_closed=lambda: panel.relay_closed,
         charge_power_w=sim.charge_power_w,
         interval_s=sim.telemetry_interval_s,

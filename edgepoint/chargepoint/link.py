@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -12,7 +13,6 @@ from enum import StrEnum
 from typing import Any
 
 import websockets
-from ocpp.exceptions import OCPPError
 from ocpp.v16 import ChargePoint as OcppChargePoint
 from ocpp.v16 import call
 from websockets.asyncio.client import ClientConnection, connect
@@ -20,7 +20,7 @@ from websockets.typing import Subprotocol
 
 from edgepoint import __version__
 from edgepoint.backoff import exponential
-from edgepoint.chargepoint.outbox import OutboxSender, TransactionStarted
+from edgepoint.chargepoint.outbox import REFUSED, OutboxSender, TransactionStarted
 from edgepoint.charging.actions import ConnectorStatus
 from edgepoint.charging.events import AuthorizationStatus, IdTag
 from edgepoint.clock import Clock, iso_utc
@@ -92,6 +92,7 @@ class CsmsLink:
         self._connects = 0
         self._last_error = ""
         self._closing = False
+        self._close_requested = asyncio.Event()
 
     @property
     def state(self) -> LinkState:
@@ -127,7 +128,7 @@ class CsmsLink:
             return AuthorizationStatus.UNAVAILABLE
         try:
             result = await peer.call(call.Authorize(id_tag=id_tag), suppress=False)
-        except (OCPPError, TimeoutError, websockets.ConnectionClosed) as err:
+        except (*REFUSED, TimeoutError, websockets.ConnectionClosed) as err:
             log.warning("Authorize for a card failed: %s", type(err).__name__)
             return AuthorizationStatus.UNAVAILABLE
         try:
@@ -166,8 +167,12 @@ class CsmsLink:
                     self._ws = ws
                     self._connects += 1
                     attempt = 0
-                    await self._converse(ws)
-            except* (OSError, TimeoutError, websockets.WebSocketException, OCPPError) as group:
+                    # close() may have come while the connection was being opened.
+                    if self._closing:
+                        await ws.close(code=1000, reason="charge point shutting down")
+                    else:
+                        await self._converse(ws)
+            except* (OSError, TimeoutError, websockets.WebSocketException, *REFUSED) as group:
                 err = group.exceptions[0]
                 self._last_error = f"{type(err).__name__}: {err}"
                 if not self._closing:
@@ -178,13 +183,16 @@ class CsmsLink:
             if self._closing:
                 break
             self.state = LinkState.DISCONNECTED
-            await asyncio.sleep(self._backoff(attempt))
+            # Wait out the back-off, unless close() asks us to stop sooner.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._close_requested.wait(), self._backoff(attempt))
             attempt += 1
         self.state = LinkState.CLOSED
 
     async def close(self) -> None:
         """Close the WebSocket with a close frame (1000) and stop reconnecting."""
         self._closing = True
+        self._close_requested.set()
         ws = self._ws
         if ws is not None:
             await ws.close(code=1000, reason="charge point shutting down")
@@ -259,6 +267,6 @@ class CsmsLink:
                 )
                 try:
                     await peer.call(request, suppress=False)
-                except OCPPError as err:
+                except REFUSED as err:
                     # A refused status must not tear the link down; the next change resends.
                     log.warning("CSMS refused StatusNotification %s: %s", status, err)

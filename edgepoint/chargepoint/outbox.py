@@ -7,7 +7,9 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ocpp.exceptions import OCPPError
+from ocpp.charge_point import remove_nones, serialize_as_dict, snake_to_camel_case
+from ocpp.exceptions import OCPPError, UnknownCallErrorCodeError
+from ocpp.messages import Call, validate_payload
 from ocpp.v16 import call
 
 from edgepoint.backoff import exponential
@@ -21,6 +23,35 @@ log = logging.getLogger(__name__)
 # rarely helps, but an InternalError can be transient, so give it a few tries.
 MAX_REFUSALS = 3
 NEEDS_TRANSACTION = ("MeterValues", "StopTransaction")
+# What `call(suppress=False)` raises when the CSMS answers with a CallError; the library
+# raises UnknownCallErrorCodeError (not an OCPPError) for a code OCPP does not define.
+REFUSED = (OCPPError, UnknownCallErrorCodeError)
+MAX_REASON = 2000
+
+
+def describe(err: Exception) -> str:
+    """One line for logs and dead letters: the error code, its description and its cause."""
+    if not isinstance(err, OCPPError):
+        return f"{type(err).__name__}: {err}"[:MAX_REASON]
+    text = f"{err.code}: {err.description}"
+    cause = err.details.get("cause") if isinstance(err.details, dict) else None
+    if cause:
+        text += f" ({cause})"
+    return text[:MAX_REASON]
+
+
+async def invalid_request(request: Any) -> str | None:
+    """Why `request` fails the OCPP 1.6 schema, or None; a stored message never gets valid."""
+    message = Call(
+        unique_id="0",
+        action=type(request).__name__,
+        payload=remove_nones(snake_to_camel_case(serialize_as_dict(request))),
+    )
+    try:
+        await validate_payload(message, "1.6")
+    except OCPPError as err:
+        return describe(err)
+    return None
 
 
 class Peer(Protocol):
@@ -73,21 +104,42 @@ class OutboxSender:
     async def _deliver(self, peer: Peer, entry: OutboxEntry) -> None:
         kwargs = dict(entry.payload)
         if entry.action in NEEDS_TRANSACTION:
-            assert entry.session_id is not None
-            transaction_id = await self._store.transaction_id(entry.session_id)
+            transaction_id = (
+                None
+                if entry.session_id is None
+                else await self._store.transaction_id(entry.session_id)
+            )
             if transaction_id is None:
-                await self._store.give_up(
-                    entry,
-                    "its session has no transaction id (StartTransaction was refused)",
-                    self._clock.utc_now(),
+                # FIFO: the session's StartTransaction went before this, so it is in
+                # the dead letters; without its id the CSMS cannot place this message.
+                reason = (
+                    f"its session {entry.session_id} has no transaction id: the"
+                    " StartTransaction was not accepted (see the dead letters)"
                 )
+                log.error("giving up on outbox #%d %s: %s", entry.seq, entry.action, reason)
+                await self._store.give_up(entry, reason, self._clock.utc_now())
                 return
             kwargs["transaction_id"] = transaction_id
-        request = getattr(call, entry.action)(**kwargs)
+        # What we stored must become a request we would send; if it cannot (a payload
+        # from another version, a typo'd action), retrying is pointless and crashing the
+        # link would stop every later message: it is a dead letter at once.
+        try:
+            request = getattr(call, entry.action)(**kwargs)
+        except (AttributeError, TypeError) as err:
+            reason = f"cannot build {entry.action} from the stored payload: {err}"
+            log.error("giving up on outbox #%d: %s", entry.seq, reason)
+            await self._store.give_up(entry, reason, self._clock.utc_now())
+            return
+        invalid = await invalid_request(request)
+        if invalid is not None:
+            reason = f"not a valid OCPP 1.6 {entry.action}, never sent: {invalid}"
+            log.error("giving up on outbox #%d: %s", entry.seq, reason)
+            await self._store.give_up(entry, reason, self._clock.utc_now())
+            return
         try:
             result = await peer.call(request, suppress=False)
-        except OCPPError as err:
-            reason = f"CallError {type(err).__name__}: {err.description}"
+        except REFUSED as err:
+            reason = f"CallError {describe(err)}"
             if entry.attempts + 1 >= MAX_REFUSALS:
                 log.error("giving up on outbox #%d %s: %s", entry.seq, entry.action, reason)
                 await self._store.give_up(entry, reason, self._clock.utc_now())

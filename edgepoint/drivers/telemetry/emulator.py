@@ -9,6 +9,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from edgepoint.charging.events import TelemetrySample
 from edgepoint.drivers.telemetry.frames import SEQ_MAX, encode_frame, next_seq
@@ -40,6 +41,7 @@ class Esp32Emulator:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         max_pending: int = DEFAULT_MAX_PENDING,
+        nvs: Path | None = None,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be positive: {interval_s}")
@@ -48,7 +50,11 @@ class Esp32Emulator:
         self._relay_closed = relay_closed
         self._charge_power_w = charge_power_w
         self._interval_s = interval_s
-        self._energy = float(energy_wh)  # fractional Wh; frames carry the floor
+        # The firmware keeps its register in NVS across power cycles (PROTOCOL.md); with
+        # `nvs` the twin does too, so a crashed session closes on the real reading.
+        self._nvs = nvs
+        self._energy = float(_load_register(nvs, energy_wh))  # fractional; frames carry floor
+        self._saved_wh = self.energy_wh
         self._voltage_v = voltage_v
         self._temperature_base = temperature_c
         self._temperature_c = temperature_c
@@ -147,6 +153,7 @@ class Esp32Emulator:
         closed = self._relay_closed()
         if closed:
             self._energy += self._charge_power_w * elapsed / 3600.0
+            self._save_register()
         rng = self._rng
         voltage = self._voltage_v + rng.uniform(-1.0, 1.0)
         power = self._charge_power_w if closed else 0.0
@@ -171,6 +178,15 @@ class Esp32Emulator:
             self._corrupt_next = False
             frame = _flip_checksum(frame)
         return frame
+
+    def _save_register(self) -> None:
+        """Persist the whole-Wh register before the frame carrying it leaves (atomic replace)."""
+        if self._nvs is None or self.energy_wh == self._saved_wh:
+            return
+        self._saved_wh = self.energy_wh
+        scratch = self._nvs.with_suffix(".tmp")
+        scratch.write_text(f"{self._saved_wh}\n", encoding="ascii")
+        os.replace(scratch, self._nvs)
 
     async def run(self) -> None:
         """Produce a frame every interval until cancelled."""
@@ -234,3 +250,13 @@ def _flip_checksum(frame: bytes) -> bytes:
     # keeps the frame well-formed but wrong.
     digit = frame[-3:-2]
     return frame[:-3] + (b"0" if digit != b"0" else b"1") + frame[-2:]
+
+
+def _load_register(nvs: Path | None, default: float) -> float:
+    """The register saved in `nvs`, or `default` on first start or a torn file."""
+    if nvs is None:
+        return default
+    try:
+        return int(nvs.read_text(encoding="ascii"))
+    except (OSError, ValueError):
+        return default

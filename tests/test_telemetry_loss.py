@@ -1,0 +1,204 @@
+"""The ESP32 goes silent while charging: relay open, session ended (Other), Faulted; then back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from edgepoint.charging.actions import ConnectorStatus
+from edgepoint.charging.connector import Connector, Phase
+from edgepoint.charging.events import AuthorizationStatus, IdTag, TokenPresented
+from edgepoint.clock import SystemClock
+from edgepoint.config import HardwareConfig
+from edgepoint.drivers.panel import Panel
+from edgepoint.drivers.telemetry import Esp32Emulator, SerialTelemetryReader, open_pty
+from edgepoint.kiosk import Kiosk, new_session_id
+from edgepoint.storage.chargepoint import ChargePointStore
+
+pytestmark = pytest.mark.timeout(20)
+
+CARD = IdTag("04A1B2C3")
+TIMEOUT_S = 0.5
+HARDWARE = HardwareConfig(
+    simulate=True,
+    serial_port="unused",
+    serial_baudrate=115200,
+    relay_pin=17,
+    green_led_pin=27,
+    red_led_pin=22,
+    buzzer_pin=23,
+    telemetry_timeout_s=TIMEOUT_S,
+)
+
+
+@dataclass
+class RecordingCsms:
+    """Stands in for the OCPP link, which is not what this test is about (the outbox
+    delivery tests cover it against the real CSMS): it accepts every card and records
+    the statuses the kiosk reports. Everything else here is real: the ESP32 emulator on
+    a pty, the serial reader, the kiosk, the connector, the panel on MockFactory pins
+    and the SQLite store."""
+
+    statuses: list[tuple[ConnectorStatus, str]] = field(default_factory=list)
+    wakes: int = 0
+
+    async def authorize(self, id_tag: IdTag) -> AuthorizationStatus:
+        return AuthorizationStatus.ACCEPTED
+
+    def report_status(self, status: ConnectorStatus, error_code: str = "NoError") -> None:
+        self.statuses.append((status, error_code))
+
+    def wake_outbox(self) -> None:
+        self.wakes += 1
+
+
+@dataclass
+class Rig:
+    kiosk: Kiosk
+    panel: Panel
+    esp32: Esp32Emulator
+    store: ChargePointStore
+    csms: RecordingCsms
+
+
+async def eventually(what: str, check: Callable[[], bool], within: float = 5) -> float:
+    """Wait until `check()`; return how long it took."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while not check():
+        if loop.time() - started > within:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+    return loop.time() - started
+
+
+@pytest.fixture(name="rig")
+async def rig_fixture(tmp_path: Path) -> AsyncIterator[Rig]:
+    store = await ChargePointStore.open(tmp_path / "edgepoint.db")
+    panel = Panel.simulated(HARDWARE)
+    csms = RecordingCsms()
+    kiosk = Kiosk(
+        Connector(new_session_id, meter_value_interval_s=0.2),
+        store,
+        panel,
+        csms,
+        SystemClock(),
+        telemetry_timeout_s=TIMEOUT_S,
+    )
+    master_fd, slave_path = open_pty()
+    # 36 kW and a frame every 50 ms: the register rises about half a Wh per frame.
+    esp32 = Esp32Emulator(
+        master_fd,
+        relay_closed=lambda: panel.relay_closed,
+        charge_power_w=36_000,
+        interval_s=0.05,
+        energy_wh=50_000,
+    )
+    reader = SerialTelemetryReader(slave_path, HARDWARE.serial_baudrate)
+    tasks = [
+        asyncio.create_task(esp32.run()),
+        asyncio.create_task(reader.run(kiosk.publish)),
+        asyncio.create_task(kiosk.run()),
+    ]
+    try:
+        yield Rig(kiosk, panel, esp32, store, csms)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        esp32.detach()
+        os.close(master_fd)
+        panel.close()
+        await store.close()
+
+
+async def test_silent_esp32_opens_the_relay_ends_the_session_and_faults(rig: Rig) -> None:
+    kiosk = rig.kiosk
+    await eventually("first telemetry", lambda: kiosk.snapshot().last_sample is not None)
+    kiosk.publish(TokenPresented(CARD))
+    await eventually("charging", lambda: kiosk.connector.phase is Phase.CHARGING)
+    assert rig.panel.relay_closed
+    session = kiosk.connector.session
+    assert session is not None
+
+    def energy() -> int:
+        sample = kiosk.snapshot().last_sample
+        assert sample is not None
+        return sample.energy_wh
+
+    await eventually("energy flowing", lambda: energy() >= session.meter_start_wh + 5)
+
+    loop = asyncio.get_running_loop()
+    rig.esp32.pause()  # unplugged: no more frames reach the Pi
+    silent_since = loop.time()
+    await asyncio.sleep(0.1)  # a frame already on the wire may still arrive
+    last_trusted = energy()
+    assert kiosk.connector.phase is Phase.CHARGING and rig.panel.relay_closed
+    await eventually("faulted", lambda: kiosk.connector.phase is Phase.FAULTED)
+    took = loop.time() - silent_since
+    # The watchdog polls every timeout/4 (capped at 0.5 s), so it fires within that of it.
+    assert TIMEOUT_S * 0.8 <= took <= TIMEOUT_S + 0.5
+    assert rig.panel.relay_closed is False
+    snapshot = kiosk.snapshot()
+    assert snapshot.telemetry_lost and snapshot.status is ConnectorStatus.FAULTED
+    assert rig.csms.statuses[-1] == (ConnectorStatus.FAULTED, "OtherError")
+
+    row = await rig.store.session(session.session_id)
+    assert row is not None
+    assert (row.state, row.stop_reason) == ("stopped", "Other")
+    # Closed with the last reading it could trust, not what flowed while it was blind.
+    assert row.meter_stop_wh == last_trusted
+    assert await rig.store.open_session() is None
+    actions = []
+    while (entry := await rig.store.outbox_head()) is not None:
+        actions.append(entry.action)
+        if entry.action == "StopTransaction":
+            assert entry.payload["reason"] == "Other"
+            assert entry.payload["meter_stop"] == last_trusted
+            assert "id_tag" not in entry.payload
+        await rig.store.delivered(entry)
+    assert actions[0] == "StartTransaction" and actions[-1] == "StopTransaction"
+
+    # Faulted refuses a new session: the relay stays open.
+    kiosk.publish(TokenPresented(CARD))
+    await asyncio.sleep(0.2)
+    assert kiosk.connector.phase is Phase.FAULTED and rig.panel.relay_closed is False
+
+    rig.esp32.resume()  # plugged back in
+    await eventually("available again", lambda: kiosk.connector.phase is Phase.AVAILABLE)
+    assert rig.csms.statuses[-1] == (ConnectorStatus.AVAILABLE, "NoError")
+    assert kiosk.snapshot().telemetry_lost is False
+    assert rig.panel.relay_closed is False
+    assert kiosk.connector.session is None
+    # And it stays Available while telemetry keeps coming.
+    await asyncio.sleep(TIMEOUT_S * 1.5)
+    assert kiosk.connector.phase is Phase.AVAILABLE
+    assert [s for s, _ in rig.csms.statuses] == [
+        ConnectorStatus.AVAILABLE,
+        ConnectorStatus.PREPARING,
+        ConnectorStatus.CHARGING,
+        ConnectorStatus.FAULTED,
+        ConnectorStatus.AVAILABLE,
+    ]
+
+
+async def test_silent_esp32_while_idle_faults_without_a_session(rig: Rig) -> None:
+    kiosk = rig.kiosk
+    await eventually("first telemetry", lambda: kiosk.snapshot().last_sample is not None)
+    rig.esp32.pause()
+    await eventually("faulted", lambda: kiosk.connector.phase is Phase.FAULTED)
+    assert rig.panel.relay_closed is False
+    assert rig.csms.statuses[-1] == (ConnectorStatus.FAULTED, "OtherError")
+    assert await rig.store.outbox_depth() == 0
+    rig.esp32.resume()
+    await eventually("available again", lambda: kiosk.connector.phase is Phase.AVAILABLE)
+    kiosk.publish(TokenPresented(CARD))
+    await eventually("charging after recovery", lambda: rig.panel.relay_closed)
