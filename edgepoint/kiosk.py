@@ -118,7 +118,9 @@ class Kiosk:
         resume = None
         if row is not None:
             log.warning("closing session %s left open by a previous run", row.session_id)
-            resume = ActiveSession(row.session_id, row.id_tag, row.meter_start_wh)
+            resume = ActiveSession(
+                row.session_id, row.id_tag, row.meter_start_wh, row.last_reading_wh
+            )
         return make(Connector(new_session_id, meter_value_interval_s, resume=resume))
 
     def publish(self, event: Event) -> None:
@@ -204,11 +206,12 @@ class Kiosk:
                 self._csms.wake_outbox()
             case RecordMeterValues(session_id=sid, sample=sample):
                 values = messages.meter_values(self._connector_id, sample, now)
-                await self._store.queue_meter_values(sid, now, values)
+                await self._store.queue_meter_values(sid, now, values, sample.energy_wh)
                 self._csms.wake_outbox()
             case EndSession(session_id=sid, id_tag=id_tag, meter_stop_wh=meter, reason=reason):
                 stop = messages.stop_transaction(id_tag, meter, reason, now)
-                await self._store.end_session(sid, id_tag, meter, reason.value, now, stop)
+                if not await self._store.end_session(sid, id_tag, meter, reason.value, now, stop):
+                    log.error("session %s was already stopped; no second StopTransaction", sid)
                 self._csms.wake_outbox()
 
     async def _authorize(self, id_tag: IdTag) -> None:

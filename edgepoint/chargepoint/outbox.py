@@ -140,12 +140,13 @@ class OutboxSender:
             result = await peer.call(request, suppress=False)
         except REFUSED as err:
             reason = f"CallError {describe(err)}"
-            if entry.attempts + 1 >= MAX_REFUSALS:
+            # Only refusals count towards giving up: timeouts say nothing about the message.
+            if entry.refusals + 1 >= MAX_REFUSALS:
                 log.error("giving up on outbox #%d %s: %s", entry.seq, entry.action, reason)
                 await self._store.give_up(entry, reason, self._clock.utc_now())
             else:
-                await self._store.failed_attempt(entry, reason)
-                await asyncio.sleep(self._backoff(entry.attempts))
+                await self._store.failed_attempt(entry, reason, refused=True)
+                await asyncio.sleep(self._backoff(entry.refusals))
             return
         if entry.action == "StartTransaction":
             assert entry.session_id is not None

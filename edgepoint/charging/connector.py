@@ -49,6 +49,8 @@ class ActiveSession:
     session_id: SessionId
     id_tag: IdTag
     meter_start_wh: int
+    # Highest reading already reported for it (MeterValues), kept across a restart.
+    last_reading_wh: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +93,13 @@ class Connector:
         self.last_sample: TelemetrySample | None = None
         self._last_meter_values_at = 0.0
         self._pending_stop: _PendingStop | None = None
+        self._peak_wh = 0  # highest register reading during the running session
         if resume is not None:
             # The process died mid-session (crash, power cut): the relay is open since
             # start-up; close the session with the first reading of the meter, which
             # keeps its register across our restart.
             self.session = resume
+            self._peak_wh = max(resume.meter_start_wh, resume.last_reading_wh or 0)
             self.phase = Phase.FINISHING
             self._pending_stop = _PendingStop(None, StopReason.POWER_LOSS)
 
@@ -149,6 +153,7 @@ class Connector:
             self._new_session_id(), event.id_tag, self.last_sample.energy_wh
         )
         self.phase = Phase.CHARGING
+        self._peak_wh = self.session.meter_start_wh
         self._last_meter_values_at = now
         return Outcome(
             True,
@@ -166,6 +171,7 @@ class Connector:
     def _sample_while_charging(self, event: Event, now: float) -> Outcome:
         assert isinstance(event, TelemetrySample) and self.session is not None
         self.last_sample = event
+        self._peak_wh = max(self._peak_wh, event.energy_wh)
         if now - self._last_meter_values_at < self._meter_interval:
             return Outcome(True)
         self._last_meter_values_at = now
@@ -211,9 +217,9 @@ class Connector:
     def _finish(self, status: ConnectorStatus = ConnectorStatus.AVAILABLE) -> Outcome:
         assert self.session is not None and self._pending_stop is not None
         meter_stop = self.last_sample.energy_wh if self.last_sample else self.session.meter_start_wh
-        # A register that went backwards (meter swapped, firmware reset) must not
-        # produce a negative session; clamp and keep the session.
-        meter_stop = max(meter_stop, self.session.meter_start_wh)
+        # A register that went backwards (meter swapped, firmware reset) must neither make
+        # a negative session nor take back energy we already reported: keep the peak.
+        meter_stop = max(meter_stop, self._peak_wh, self.session.meter_start_wh)
         end = EndSession(
             self.session.session_id,
             self._pending_stop.id_tag,

@@ -29,6 +29,7 @@ MIGRATIONS = [
         stopped_at      TEXT,
         stop_reason     TEXT,
         stop_id_tag     TEXT,
+        last_reading_wh INTEGER,
         state           TEXT NOT NULL CHECK (state IN ('active', 'stopped'))
     );
     CREATE INDEX sessions_state ON sessions(state);
@@ -39,6 +40,7 @@ MIGRATIONS = [
         payload     TEXT NOT NULL,
         created_at  TEXT NOT NULL,
         attempts    INTEGER NOT NULL DEFAULT 0,
+        refusals    INTEGER NOT NULL DEFAULT 0,
         last_error  TEXT
     );
     CREATE TABLE dead_letters (
@@ -62,7 +64,8 @@ class OutboxEntry:
     session_id: SessionId | None
     action: str
     payload: dict[str, Any]
-    attempts: int
+    attempts: int  # every failed try, timeouts included
+    refusals: int = 0  # tries the CSMS answered with a CallError
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,7 @@ class SessionRow:
     stopped_at: str | None
     stop_reason: str | None
     state: str
+    last_reading_wh: int | None = None  # highest register reading queued in MeterValues
 
 
 class ChargePointStore:
@@ -113,9 +117,20 @@ class ChargePointStore:
             await self._enqueue(session_id, "StartTransaction", start_message, at)
 
     async def queue_meter_values(
-        self, session_id: SessionId, at: datetime, message: dict[str, Any]
+        self,
+        session_id: SessionId,
+        at: datetime,
+        message: dict[str, Any],
+        reading_wh: int | None = None,
     ) -> None:
+        """Queue MeterValues and remember the reading, so a crash cannot lose that energy."""
         async with transaction(self._db):
+            if reading_wh is not None:
+                await self._db.execute(
+                    "UPDATE sessions SET last_reading_wh = MAX(COALESCE(last_reading_wh, 0), ?)"
+                    " WHERE session_id = ?",
+                    (reading_wh, session_id),
+                )
             await self._enqueue(session_id, "MeterValues", message, at)
 
     async def end_session(
@@ -126,15 +141,22 @@ class ChargePointStore:
         reason: str,
         at: datetime,
         stop_message: dict[str, Any],
-    ) -> None:
-        """Close the session and queue its StopTransaction in one transaction."""
+    ) -> bool:
+        """Close an active session and queue its StopTransaction in one transaction.
+
+        False, with nothing queued, when the session is not active: a session is
+        stopped once, whatever asks twice.
+        """
         async with transaction(self._db):
-            await self._db.execute(
+            cursor = await self._db.execute(
                 "UPDATE sessions SET state = 'stopped', meter_stop_wh = ?, stopped_at = ?,"
-                " stop_reason = ?, stop_id_tag = ? WHERE session_id = ?",
+                " stop_reason = ?, stop_id_tag = ? WHERE session_id = ? AND state = 'active'",
                 (meter_stop_wh, iso_utc(at), reason, stop_id_tag, session_id),
             )
+            if cursor.rowcount != 1:
+                return False
             await self._enqueue(session_id, "StopTransaction", stop_message, at)
+        return True
 
     async def _enqueue(
         self, session_id: SessionId | None, action: str, payload: dict[str, Any], at: datetime
@@ -159,7 +181,7 @@ class ChargePointStore:
     async def _sessions(self, where: str, args: tuple[Any, ...] = ()) -> list[SessionRow]:
         async with self._db.execute(
             "SELECT session_id, connector_id, id_tag, meter_start_wh, started_at,"
-            " transaction_id, meter_stop_wh, stopped_at, stop_reason, state"
+            " transaction_id, meter_stop_wh, stopped_at, stop_reason, state, last_reading_wh"
             f" FROM sessions {where}",
             args,
         ) as cur:
@@ -168,12 +190,13 @@ class ChargePointStore:
     async def outbox_head(self) -> OutboxEntry | None:
         """The oldest undelivered message: delivery is strictly in order."""
         async with self._db.execute(
-            "SELECT seq, session_id, action, payload, attempts FROM outbox ORDER BY seq LIMIT 1"
+            "SELECT seq, session_id, action, payload, attempts, refusals"
+            " FROM outbox ORDER BY seq LIMIT 1"
         ) as cur:
             row = await cur.fetchone()
         if row is None:
             return None
-        return OutboxEntry(row[0], row[1], row[2], json.loads(row[3]), row[4])
+        return OutboxEntry(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5])
 
     async def outbox_depth(self) -> int:
         async with self._db.execute("SELECT COUNT(*) FROM outbox") as cur:
@@ -204,10 +227,12 @@ class ChargePointStore:
                 )
             await self._db.execute("DELETE FROM outbox WHERE seq = ?", (entry.seq,))
 
-    async def failed_attempt(self, entry: OutboxEntry, error: str) -> None:
+    async def failed_attempt(self, entry: OutboxEntry, error: str, refused: bool = False) -> None:
+        """Count a failed try; `refused` when the CSMS answered with a CallError."""
         await self._db.execute(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE seq = ?",
-            (error, entry.seq),
+            "UPDATE outbox SET attempts = attempts + 1, refusals = refusals + ?, last_error = ?"
+            " WHERE seq = ?",
+            (int(refused), error, entry.seq),
         )
 
     async def give_up(self, entry: OutboxEntry, reason: str, at: datetime) -> None:

@@ -318,3 +318,18 @@ def test_relay_is_closed_only_while_charging(phase: Phase) -> None:
         closes = [a for a in c.handle(event, 100.0).actions if a == SetRelay(closed=True)]
         if closes:
             assert before is Phase.AUTHORIZING and c.phase is Phase.CHARGING
+
+
+def test_register_dropping_mid_session_keeps_the_energy_already_seen() -> None:
+    c = in_phase(Phase.CHARGING)
+    c.handle(sample(2, 1500), 2.0)  # 500 Wh flowed
+    c.handle(TokenPresented(ALICE), 3.0)
+    end = c.handle(sample(3, 20), 3.5).actions[0]  # meter swapped / reset: register tiny
+    assert isinstance(end, EndSession) and end.meter_stop_wh == 1500
+
+
+def test_resumed_session_never_stops_below_its_last_reported_reading() -> None:
+    resume = ActiveSession(SessionId("old"), ALICE, 900, last_reading_wh=1400)
+    c = Connector(lambda: SessionId("new"), 10.0, resume=resume)
+    end = c.handle(sample(1, 950), 0.5).actions[0]
+    assert end == EndSession(SessionId("old"), None, 1400, StopReason.POWER_LOSS)

@@ -266,3 +266,37 @@ async def test_migrates_from_scratch_and_reopens_with_the_data(db_path: Path) ->
     finally:
         await again.close()
     assert query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
+
+
+async def test_a_session_is_stopped_once_however_often_asked(
+    store: ChargePointStore, db_path: Path
+) -> None:
+    await begin(store)
+    at = T0 + timedelta(minutes=5)
+    stop = messages.stop_transaction(CARD, 1500, StopReason.LOCAL, at)
+    assert await store.end_session(S1, CARD, 1500, "Local", at, stop) is True
+    assert await store.end_session(S1, None, 1600, "Reboot", at, stop) is False
+    stops = query(db_path, "SELECT COUNT(*) FROM outbox WHERE action = 'StopTransaction'")
+    assert stops == [(1,)]
+    assert query(db_path, "SELECT meter_stop_wh, stop_reason FROM sessions") == [(1500, "Local")]
+
+
+async def test_meter_values_keep_the_highest_reading_on_the_session(
+    store: ChargePointStore,
+) -> None:
+    await begin(store)
+    for reading in (1200, 1300, 1250):
+        values = messages.meter_values(1, sample(reading), T0)
+        await store.queue_meter_values(S1, T0, values, reading)
+    row = await store.open_session()
+    assert row is not None and row.last_reading_wh == 1300
+
+
+async def test_refusals_are_counted_apart_from_timeouts(store: ChargePointStore) -> None:
+    await begin(store)
+    entry = await store.outbox_head()
+    assert entry is not None
+    await store.failed_attempt(entry, "no answer (timeout)")
+    await store.failed_attempt(entry, "CallError InternalError", refused=True)
+    again = await store.outbox_head()
+    assert again is not None and (again.attempts, again.refusals) == (2, 1)
