@@ -39,6 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"edgepoint: invalid configuration: {err}", file=sys.stderr)
         return EXIT_USAGE
+    # Like the unit's UMask=0027, also when run by hand (./scripts/run, `cards add` before
+    # the first start): folders made for the daemon's state and socket are never
+    # world-accessible, whoever creates them first. Only ever tightens the umask.
+    os.umask(os.umask(0o027) | 0o027)
     try:
         result: int = args.handler(config, args)
         return result
@@ -145,6 +149,7 @@ def format_status(s: dict[str, Any]) -> str:
     lines = [
         f"{s['station']}  edgepoint {s['version']}"
         f"{' (simulated hardware)' if s['simulated'] else ''}  up {s['uptime_s']:.0f} s",
+        *([] if s["clock_synced"] else ["WARNING: wall clock not set (no NTP/RTC yet)"]),
         f"connector {c['id']}: {c['status']}  relay {'CLOSED' if c['relay_closed'] else 'open'}"
         f"{'  TELEMETRY LOST' if c['telemetry_lost'] else ''}",
     ]

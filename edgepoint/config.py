@@ -168,7 +168,9 @@ class _Reader:
 def _station(r: _Reader) -> StationConfig:
     ident = r.text("id")
     # The id becomes the last segment of the WebSocket URL and a Firebase key.
-    if len(ident) > 48 or not all(c.isalnum() or c in "-_." for c in ident):
+    # ASCII only: str.isalnum() also accepts "Ü" or "٣", which the URL, the Basic-auth
+    # user name and the embedded CSMS (csms/ids.py) all refuse.
+    if len(ident) > 48 or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in ident):
         raise r.fail("id", "must be 1-48 letters, digits, '-', '_' or '.'")
     return StationConfig(
         id=ident,
@@ -184,6 +186,10 @@ def _chargepoint(r: _Reader) -> ChargePointConfig:
         raise r.fail("csms_url", f"must be a ws:// or wss:// URL, got {url!r}")
     if parts.password:
         raise r.fail("csms_url", "must not carry a password; use auth_key_file")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when it is read
+    except ValueError as err:
+        raise r.fail("csms_url", f"has a bad port: {err}") from err
     return ChargePointConfig(
         csms_url=url.rstrip("/"),
         auth_key_file=r.path_("auth_key_file", "var/secrets/chargepoint.key"),
@@ -228,6 +234,8 @@ def _simulation(r: _Reader) -> SimulationConfig:
 
 def load_config(path: Path = DEFAULT_PATH) -> Config:
     """Read and validate a config file; raise ConfigError naming file, key and reason."""
+    # Absolute from the start, so every error (even "does not exist") names the same file.
+    path = path.expanduser().resolve()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
@@ -237,7 +245,6 @@ def load_config(path: Path = DEFAULT_PATH) -> Config:
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(str(path), "(syntax)", str(err)) from err
 
-    path = path.resolve()
     known = {
         "station",
         "chargepoint",

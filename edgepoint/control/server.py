@@ -34,6 +34,7 @@ class ControlServer:
     def __init__(self, path: Path, api: ControlApi) -> None:
         self._path = path
         self._api = api
+        self._connections: set[asyncio.Task[Any]] = set()
 
     async def run(self) -> None:
         """Serve until cancelled; the socket file is removed on the way out."""
@@ -42,22 +43,33 @@ class ControlServer:
         with contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(self._path.unlink)  # stale socket from a crash
         server = await asyncio.start_unix_server(self._serve, self._path, limit=MAX_REQUEST)
-        await asyncio.to_thread(os.chmod, self._path, 0o660)
         try:
-            async with server:
-                await server.serve_forever()
+            await asyncio.to_thread(os.chmod, self._path, 0o660)
+            await asyncio.get_running_loop().create_future()  # serve until cancelled
         finally:
+            # Not serve_forever() or `async with server`: from Python 3.12 on they wait in
+            # Server.wait_closed() for every open connection, and a `watch` never ends by
+            # itself, so shutdown would hang. End the connections first (clients see EOF).
+            server.close()
+            connections = list(self._connections)
+            for task in connections:
+                task.cancel()
             with contextlib.suppress(FileNotFoundError):
                 self._path.unlink()
+            await asyncio.gather(*connections, return_exceptions=True)
+            await server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
         try:
             while line := await reader.readline():
                 try:
                     request = json.loads(line)
                     if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
                         raise ValueError('a request is an object with a string "cmd"')
-                except ValueError as err:
+                except (ValueError, RecursionError) as err:  # RecursionError: [[[[…]]]]
                     await _send(writer, {"ok": False, "error": f"bad request: {err}"})
                     continue
                 if request["cmd"] == "watch":
@@ -72,8 +84,9 @@ class ControlServer:
             # ends cancelled, so end normally: nothing awaits this task.
             pass
         finally:
+            self._connections.discard(task)
             writer.close()
-            with contextlib.suppress(ConnectionError):
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 await writer.wait_closed()
 
     async def _answer(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,6 @@ import enum
 import hashlib
 import hmac
 import os
-import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -27,7 +26,7 @@ from edgepoint.csms.ids import (
     parse_id_tag,
 )
 from edgepoint.errors import StorageError
-from edgepoint.storage.sqlite import Migration, open_database
+from edgepoint.storage.sqlite import Database, Migration
 
 # Migration N brings user_version from N-1 to N. Never edit a released entry; append.
 # Timestamps are TEXT in one format (iso_utc: ...T..:..:..mmmZ) so they sort as strings.
@@ -242,55 +241,6 @@ class StartOutcome:
     repeated: bool
 
 
-class CsmsDatabase:
-    """The one aiosqlite connection to csms.db, with statements serialized by a lock.
-
-    Every charge point session shares this connection; the lock keeps one coroutine's
-    BEGIN ... COMMIT from interleaving with another's statements.
-    """
-
-    def __init__(self, connection: aiosqlite.Connection) -> None:
-        self._connection = connection
-        self._lock = asyncio.Lock()
-
-    @classmethod
-    async def open(cls, path: Path) -> CsmsDatabase:
-        """Open csms.db at `path`, creating and migrating it as needed."""
-        return cls(await open_database(path, MIGRATIONS))
-
-    async def close(self) -> None:
-        """Close the connection (waits for a statement in flight)."""
-        async with self._lock:
-            await self._connection.close()
-
-    @contextlib.asynccontextmanager
-    async def write(self) -> AsyncIterator[aiosqlite.Connection]:
-        """Run the body in one BEGIN IMMEDIATE transaction; roll back on any exception."""
-        async with self._lock:
-            try:
-                await self._connection.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as err:
-                raise StorageError(f"csms.db: cannot begin a transaction: {err}") from err
-            try:
-                yield self._connection
-                await self._connection.execute("COMMIT")
-            except BaseException as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    await self._connection.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise StorageError(f"csms.db: {exc}") from exc
-                raise
-
-    @contextlib.asynccontextmanager
-    async def read(self) -> AsyncIterator[aiosqlite.Connection]:
-        """Run read-only statements in the body (autocommit)."""
-        async with self._lock:
-            try:
-                yield self._connection
-            except sqlite3.Error as err:
-                raise StorageError(f"csms.db: {err}") from err
-
-
 def _to_text(moment: datetime) -> str:
     return iso_utc(moment)
 
@@ -321,7 +271,7 @@ class ChargePointRepository:
     """Charge points: registration with a hashed Basic-auth key, boot and heartbeat info."""
 
     def __init__(
-        self, db: CsmsDatabase, clock: Clock, *, iterations: int = DEFAULT_AUTH_ITERATIONS
+        self, db: Database, clock: Clock, *, iterations: int = DEFAULT_AUTH_ITERATIONS
     ) -> None:
         self._db = db
         self._clock = clock
@@ -426,7 +376,7 @@ def _charge_point(row: Any) -> ChargePointRecord:
 class ConnectorRepository:
     """Latest status of every connector of every charge point."""
 
-    def __init__(self, db: CsmsDatabase) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
 
     async def record_status(
@@ -516,7 +466,7 @@ def _expiry(expires: date | datetime | None) -> datetime | None:
 class CardRepository:
     """The id tags (RFID cards) this CSMS authorizes; unknown tags are Invalid."""
 
-    def __init__(self, db: CsmsDatabase, clock: Clock) -> None:
+    def __init__(self, db: Database, clock: Clock) -> None:
         self._db = db
         self._clock = clock
 
@@ -658,7 +608,7 @@ async def _insert_samples(
 class MeterValueRepository:
     """Sampled meter values; a retried MeterValues message is stored once."""
 
-    def __init__(self, db: CsmsDatabase) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
 
     async def add(
@@ -713,7 +663,7 @@ class MeterValueRepository:
 class TransactionRepository:
     """Charging transactions; Start and Stop are idempotent so a retry changes nothing."""
 
-    def __init__(self, db: CsmsDatabase) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
 
     async def start(
@@ -847,7 +797,7 @@ class CsmsStore:
     """csms.db with every repository over it: what the CSMS and the `cards` CLI open."""
 
     def __init__(
-        self, db: CsmsDatabase, clock: Clock, *, auth_iterations: int = DEFAULT_AUTH_ITERATIONS
+        self, db: Database, clock: Clock, *, auth_iterations: int = DEFAULT_AUTH_ITERATIONS
     ) -> None:
         self.db = db
         self.charge_points = ChargePointRepository(db, clock, iterations=auth_iterations)
@@ -861,7 +811,7 @@ class CsmsStore:
         cls, path: Path, clock: Clock, *, auth_iterations: int = DEFAULT_AUTH_ITERATIONS
     ) -> CsmsStore:
         """Open (creating and migrating if needed) csms.db at `path`."""
-        return cls(await CsmsDatabase.open(path), clock, auth_iterations=auth_iterations)
+        return cls(await Database.open(path, MIGRATIONS), clock, auth_iterations=auth_iterations)
 
     async def close(self) -> None:
         """Close the database connection."""

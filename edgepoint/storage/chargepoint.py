@@ -12,7 +12,7 @@ import aiosqlite
 
 from edgepoint.charging.events import IdTag, SessionId
 from edgepoint.clock import iso_utc
-from edgepoint.storage.sqlite import open_database, transaction
+from edgepoint.storage.sqlite import Database
 
 MIGRATIONS = [
     # 1: sessions, the outbox every must-deliver message passes through, dead letters.
@@ -88,12 +88,12 @@ class SessionRow:
 class ChargePointStore:
     """All SQL of edgepoint.db. Each state change and the message it causes commit together."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
 
     @classmethod
     async def open(cls, path: Path) -> ChargePointStore:
-        return cls(await open_database(path, MIGRATIONS))
+        return cls(await Database.open(path, MIGRATIONS))
 
     async def close(self) -> None:
         await self._db.close()
@@ -108,13 +108,13 @@ class ChargePointStore:
         start_message: dict[str, Any],
     ) -> None:
         """Store the new session and its StartTransaction in one transaction."""
-        async with transaction(self._db):
-            await self._db.execute(
+        async with self._db.write() as db:
+            await db.execute(
                 "INSERT INTO sessions (session_id, connector_id, id_tag, meter_start_wh,"
                 " started_at, state) VALUES (?, ?, ?, ?, ?, 'active')",
                 (session_id, connector_id, id_tag, meter_start_wh, iso_utc(at)),
             )
-            await self._enqueue(session_id, "StartTransaction", start_message, at)
+            await _enqueue(db, session_id, "StartTransaction", start_message, at)
 
     async def queue_meter_values(
         self,
@@ -124,14 +124,14 @@ class ChargePointStore:
         reading_wh: int | None = None,
     ) -> None:
         """Queue MeterValues and remember the reading, so a crash cannot lose that energy."""
-        async with transaction(self._db):
+        async with self._db.write() as db:
             if reading_wh is not None:
-                await self._db.execute(
+                await db.execute(
                     "UPDATE sessions SET last_reading_wh = MAX(COALESCE(last_reading_wh, 0), ?)"
                     " WHERE session_id = ?",
                     (reading_wh, session_id),
                 )
-            await self._enqueue(session_id, "MeterValues", message, at)
+            await _enqueue(db, session_id, "MeterValues", message, at)
 
     async def end_session(
         self,
@@ -147,24 +147,16 @@ class ChargePointStore:
         False, with nothing queued, when the session is not active: a session is
         stopped once, whatever asks twice.
         """
-        async with transaction(self._db):
-            cursor = await self._db.execute(
+        async with self._db.write() as db:
+            cursor = await db.execute(
                 "UPDATE sessions SET state = 'stopped', meter_stop_wh = ?, stopped_at = ?,"
                 " stop_reason = ?, stop_id_tag = ? WHERE session_id = ? AND state = 'active'",
                 (meter_stop_wh, iso_utc(at), reason, stop_id_tag, session_id),
             )
             if cursor.rowcount != 1:
                 return False
-            await self._enqueue(session_id, "StopTransaction", stop_message, at)
+            await _enqueue(db, session_id, "StopTransaction", stop_message, at)
         return True
-
-    async def _enqueue(
-        self, session_id: SessionId | None, action: str, payload: dict[str, Any], at: datetime
-    ) -> None:
-        await self._db.execute(
-            "INSERT INTO outbox (session_id, action, payload, created_at) VALUES (?, ?, ?, ?)",
-            (session_id, action, json.dumps(payload, separators=(",", ":")), iso_utc(at)),
-        )
 
     async def open_session(self) -> SessionRow | None:
         """The session left active by a previous run (crash, power cut), if any."""
@@ -179,39 +171,48 @@ class ChargePointStore:
         return await self._sessions("ORDER BY started_at DESC LIMIT ?", (limit,))
 
     async def _sessions(self, where: str, args: tuple[Any, ...] = ()) -> list[SessionRow]:
-        async with self._db.execute(
-            "SELECT session_id, connector_id, id_tag, meter_start_wh, started_at,"
-            " transaction_id, meter_stop_wh, stopped_at, stop_reason, state, last_reading_wh"
-            f" FROM sessions {where}",
-            args,
-        ) as cur:
+        async with (
+            self._db.read() as db,
+            db.execute(
+                "SELECT session_id, connector_id, id_tag, meter_start_wh, started_at,"
+                " transaction_id, meter_stop_wh, stopped_at, stop_reason, state, last_reading_wh"
+                f" FROM sessions {where}",
+                args,
+            ) as cur,
+        ):
             return [SessionRow(*row) for row in await cur.fetchall()]
 
     async def outbox_head(self) -> OutboxEntry | None:
         """The oldest undelivered message: delivery is strictly in order."""
-        async with self._db.execute(
-            "SELECT seq, session_id, action, payload, attempts, refusals"
-            " FROM outbox ORDER BY seq LIMIT 1"
-        ) as cur:
+        async with (
+            self._db.read() as db,
+            db.execute(
+                "SELECT seq, session_id, action, payload, attempts, refusals"
+                " FROM outbox ORDER BY seq LIMIT 1"
+            ) as cur,
+        ):
             row = await cur.fetchone()
         if row is None:
             return None
         return OutboxEntry(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5])
 
     async def outbox_depth(self) -> int:
-        async with self._db.execute("SELECT COUNT(*) FROM outbox") as cur:
+        async with self._db.read() as db, db.execute("SELECT COUNT(*) FROM outbox") as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
     async def dead_letter_count(self) -> int:
-        async with self._db.execute("SELECT COUNT(*) FROM dead_letters") as cur:
+        async with self._db.read() as db, db.execute("SELECT COUNT(*) FROM dead_letters") as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
     async def transaction_id(self, session_id: SessionId) -> int | None:
-        async with self._db.execute(
-            "SELECT transaction_id FROM sessions WHERE session_id = ?", (session_id,)
-        ) as cur:
+        async with (
+            self._db.read() as db,
+            db.execute(
+                "SELECT transaction_id FROM sessions WHERE session_id = ?", (session_id,)
+            ) as cur,
+        ):
             row = await cur.fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
@@ -219,29 +220,44 @@ class ChargePointStore:
         self, entry: OutboxEntry, transaction_id: int | None = None, auth_status: str | None = None
     ) -> None:
         """The CSMS confirmed `entry`: drop it, and keep what the confirmation told us."""
-        async with transaction(self._db):
+        async with self._db.write() as db:
             if transaction_id is not None and entry.session_id is not None:
-                await self._db.execute(
+                await db.execute(
                     "UPDATE sessions SET transaction_id = ?, auth_status = ? WHERE session_id = ?",
                     (transaction_id, auth_status, entry.session_id),
                 )
-            await self._db.execute("DELETE FROM outbox WHERE seq = ?", (entry.seq,))
+            await db.execute("DELETE FROM outbox WHERE seq = ?", (entry.seq,))
 
     async def failed_attempt(self, entry: OutboxEntry, error: str, refused: bool = False) -> None:
         """Count a failed try; `refused` when the CSMS answered with a CallError."""
-        await self._db.execute(
-            "UPDATE outbox SET attempts = attempts + 1, refusals = refusals + ?, last_error = ?"
-            " WHERE seq = ?",
-            (int(refused), error, entry.seq),
-        )
+        async with self._db.write() as db:
+            await db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, refusals = refusals + ?, last_error = ?"
+                " WHERE seq = ?",
+                (int(refused), error, entry.seq),
+            )
 
     async def give_up(self, entry: OutboxEntry, reason: str, at: datetime) -> None:
         """Move an undeliverable message to the dead letters, with why: never drop silently."""
-        async with transaction(self._db):
-            await self._db.execute(
+        async with self._db.write() as db:
+            await db.execute(
                 "INSERT INTO dead_letters (seq, session_id, action, payload, created_at,"
                 " failed_at, reason) SELECT seq, session_id, action, payload, created_at, ?, ?"
                 " FROM outbox WHERE seq = ?",
                 (iso_utc(at), reason, entry.seq),
             )
-            await self._db.execute("DELETE FROM outbox WHERE seq = ?", (entry.seq,))
+            await db.execute("DELETE FROM outbox WHERE seq = ?", (entry.seq,))
+
+
+async def _enqueue(
+    db: aiosqlite.Connection,
+    session_id: SessionId | None,
+    action: str,
+    payload: dict[str, Any],
+    at: datetime,
+) -> None:
+    """Add a message to the outbox; called inside the transaction of the change causing it."""
+    await db.execute(
+        "INSERT INTO outbox (session_id, action, payload, created_at) VALUES (?, ?, ?, ?)",
+        (session_id, action, json.dumps(payload, separators=(",", ":")), iso_utc(at)),
+    )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Self
 
 import aiosqlite
 
@@ -29,6 +31,10 @@ async def open_database(path: Path, migrations: Sequence[Migration]) -> aiosqlit
     """
     await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
     try:
+        # Create the file 0600 before SQLite does (0644 under the usual umask): no window
+        # in which others can read it, even if a migration then fails. SQLite gives the
+        # -wal and -shm files the database file's mode.
+        await asyncio.to_thread(_create_private, path)
         db = await aiosqlite.connect(path, isolation_level=None)
     except (sqlite3.Error, OSError) as err:
         raise StorageError(f"cannot open {path}: {err}") from err
@@ -47,6 +53,10 @@ async def open_database(path: Path, migrations: Sequence[Migration]) -> aiosqlit
         raise
     await asyncio.to_thread(_make_private, path)
     return db
+
+
+def _create_private(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
 def _make_private(path: Path) -> None:
@@ -97,17 +107,62 @@ def _split(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 
 
-@asynccontextmanager
-async def transaction(db: aiosqlite.Connection) -> AsyncIterator[None]:
-    """`BEGIN IMMEDIATE` … `COMMIT`, rolled back on any error (connections are autocommit).
+class Database:
+    """One aiosqlite connection shared by several tasks (kiosk, outbox sender, handlers).
 
-    IMMEDIATE takes the write lock up front, so a CLI writing at the same time waits on
-    busy_timeout instead of failing half-way through.
+    SQLite has one transaction per connection, not per task: without the lock one
+    task's statements would run inside another's open transaction (and be rolled back
+    with it), and a second BEGIN would fail. So every read and every transaction holds
+    the lock; never nest them (the inner one would wait for the outer forever).
     """
-    await db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        await db.execute("ROLLBACK")
-        raise
-    await db.execute("COMMIT")
+
+    def __init__(self, connection: aiosqlite.Connection, label: str) -> None:
+        self.connection = connection
+        self._label = label
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path, migrations: Sequence[Migration]) -> Self:
+        return cls(await open_database(path, migrations), path.name)
+
+    async def close(self) -> None:
+        """Close the connection once the statement in flight is done."""
+        async with self._lock:
+            await self.connection.close()
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Run the body in one `BEGIN IMMEDIATE` transaction; roll back on any exception.
+
+        IMMEDIATE takes SQLite's write lock up front, so a CLI writing at the same time
+        waits on busy_timeout instead of failing half-way through.
+        """
+        async with self._lock:
+            try:
+                await self.connection.execute("BEGIN IMMEDIATE")
+            except BaseException as err:
+                # Cancelled while BEGIN waited in aiosqlite's queue: its worker thread
+                # still runs it. A ROLLBACK queued behind it undoes it.
+                with contextlib.suppress(sqlite3.Error):
+                    await self.connection.execute("ROLLBACK")
+                if isinstance(err, sqlite3.Error):
+                    raise StorageError(f"{self._label}: cannot begin: {err}") from err
+                raise
+            try:
+                yield self.connection
+                await self.connection.execute("COMMIT")
+            except BaseException as err:
+                with contextlib.suppress(sqlite3.Error):
+                    await self.connection.execute("ROLLBACK")
+                if isinstance(err, sqlite3.Error):
+                    raise StorageError(f"{self._label}: {err}") from err
+                raise
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Run read-only (autocommit) statements in the body, alone on the connection."""
+        async with self._lock:
+            try:
+                yield self.connection
+            except sqlite3.Error as err:
+                raise StorageError(f"{self._label}: {err}") from err

@@ -13,6 +13,7 @@ import pytest
 
 from edgepoint.chargepoint import messages
 from edgepoint.charging.events import IdTag, SessionId, StopReason, TelemetrySample
+from edgepoint.errors import StorageError
 from edgepoint.storage.chargepoint import MIGRATIONS, ChargePointStore
 
 T0 = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
@@ -88,7 +89,7 @@ async def test_begin_session_whose_outbox_insert_fails_leaves_no_session(
             "CREATE TRIGGER refuse BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'disk"
             " full (simulated)'); END"
         )
-    with pytest.raises(sqlite3.IntegrityError, match="simulated"):
+    with pytest.raises(StorageError, match="simulated"):
         await begin(store)
     assert query(db_path, "SELECT COUNT(*) FROM sessions") == [(0,)]
     assert await store.open_session() is None
@@ -119,7 +120,7 @@ async def test_end_session_whose_outbox_insert_fails_leaves_the_session_active(
             " BEGIN SELECT RAISE(ABORT, 'refused'); END"
         )
     stop = messages.stop_transaction(None, 1500, StopReason.OTHER, T0)
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(StorageError):
         await store.end_session(S1, None, 1500, "Other", T0, stop)
     assert query(db_path, "SELECT state, meter_stop_wh, stop_reason FROM sessions") == [
         ("active", None, None)
@@ -180,7 +181,7 @@ async def test_delivered_start_is_all_or_nothing(store: ChargePointStore, db_pat
         conn.execute(
             "CREATE TRIGGER keep BEFORE DELETE ON outbox BEGIN SELECT RAISE(ABORT, 'no'); END"
         )
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(StorageError):
         await store.delivered(entry, 42, "Accepted")
     # Neither half happened: no transaction id without the entry gone, so a resend
     # (which the CSMS answers with the same id) stores it later.
