@@ -10,6 +10,7 @@ from typing import Any
 
 from edgepoint.errors import ControlError
 
+ANSWER_WITHIN_S = 10.0  # a status answer takes milliseconds; a stuck daemon, forever
 LIMIT = 16 * 1024 * 1024  # a status answer can be large; keep it bounded anyway
 
 
@@ -32,14 +33,21 @@ def _result(line: bytes) -> Any:
 
 
 async def request(path: Path, cmd: str, **args: Any) -> Any:
-    """Send one command and return its result; ControlError on failure."""
-    reader, writer = await _connect(path)
+    """Send one command and return its result; ControlError on failure or no answer."""
     try:
-        writer.write(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
-        await writer.drain()
-        return _result(await reader.readline())
-    finally:
-        writer.close()
+        async with asyncio.timeout(ANSWER_WITHIN_S):
+            reader, writer = await _connect(path)
+            try:
+                writer.write(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+                await writer.drain()
+                return _result(await reader.readline())
+            finally:
+                writer.close()
+    except TimeoutError as err:
+        # A daemon whose loop is stuck still accepts connections (the kernel does).
+        raise ControlError(
+            f"edgepoint did not answer within {ANSWER_WITHIN_S:g} s ({path})"
+        ) from err
 
 
 async def watch(path: Path) -> AsyncIterator[dict[str, Any]]:

@@ -237,3 +237,18 @@ async def test_cancelling_the_server_removes_the_socket_and_ends_watches(sock: P
     await conn.close()
     with pytest.raises(ControlError, match="not running"):
         await request(sock, "status")
+
+
+async def test_a_daemon_that_never_answers_is_an_error_not_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgepoint.control import client
+
+    path = tmp_path / "stuck.sock"
+    server = await asyncio.start_unix_server(lambda r, w: None, path)  # accepts, never answers
+    monkeypatch.setattr(client, "ANSWER_WITHIN_S", 0.2)
+    try:
+        with pytest.raises(ControlError, match="did not answer"):
+            await client.request(path, "status")
+    finally:
+        server.close()
