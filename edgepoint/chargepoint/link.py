@@ -9,6 +9,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 
 # Until the CSMS tells us otherwise (BootNotification.conf), retry boot this often.
 DEFAULT_BOOT_RETRY_S = 10
+
+
+_Status = tuple[ConnectorStatus, str, datetime]
 
 
 class LinkState(StrEnum):
@@ -82,9 +86,11 @@ class CsmsLink:
         self._state = LinkState.DISCONNECTED
         self.outbox_wake = asyncio.Event()
         self.on_transaction_started: TransactionStarted = lambda *_: None
-        self._status: tuple[ConnectorStatus, str] = (ConnectorStatus.AVAILABLE, "NoError")
+        # (status, error code, when it changed): the timestamp sent is the change's, even
+        # when the message goes out later (behind a slow call, or after a reconnect).
+        self._status: _Status = (ConnectorStatus.AVAILABLE, "NoError", clock.utc_now())
         # Every change is reported in order (Preparing then Charging), not just the last.
-        self._pending_statuses: deque[tuple[ConnectorStatus, str]] = deque()
+        self._pending_statuses: deque[_Status] = deque()
         self._status_dirty = asyncio.Event()
         self._peer: CsmsClient | None = None
         self._ws: ClientConnection | None = None
@@ -138,7 +144,7 @@ class CsmsLink:
 
     def report_status(self, status: ConnectorStatus, error_code: str = "NoError") -> None:
         """Remember the newest status; the link sends it now or right after the next boot."""
-        self._status = (status, error_code)
+        self._status = (status, error_code, self._clock.utc_now())
         if self.state is LinkState.ONLINE:
             self._pending_statuses.append(self._status)
             self._status_dirty.set()
@@ -220,16 +226,12 @@ class CsmsLink:
             self._pending_statuses.clear()
             self._pending_statuses.append(self._status)
             self._status_dirty.set()
-            helpers = [
-                tg.create_task(self._heartbeat(peer, interval)),
-                tg.create_task(self._send_statuses(peer)),
-                tg.create_task(sender.run(peer)),
-            ]
-            # The receive loop ends only by an exception (connection closed), which the
-            # TaskGroup propagates after cancelling the helpers.
+            tg.create_task(self._heartbeat(peer, interval))
+            tg.create_task(self._send_statuses(peer))
+            tg.create_task(sender.run(peer))
+            # The receive loop ends only by an exception (the connection closed); the
+            # TaskGroup then cancels the other tasks and raises it to run().
             await receiving
-            for task in helpers:
-                task.cancel()
 
     async def _boot(self, peer: CsmsClient) -> int:
         """Send BootNotification until Accepted; nothing else may be sent before (OCPP 4.2)."""
@@ -258,12 +260,12 @@ class CsmsLink:
             await self._status_dirty.wait()
             self._status_dirty.clear()
             while self._pending_statuses:
-                status, error_code = self._pending_statuses.popleft()
+                status, error_code, changed_at = self._pending_statuses.popleft()
                 request: Any = call.StatusNotification(
                     connector_id=self._connector_id,
                     error_code=error_code,
                     status=status.value,
-                    timestamp=iso_utc(self._clock.utc_now()),
+                    timestamp=iso_utc(changed_at),
                 )
                 try:
                     await peer.call(request, suppress=False)

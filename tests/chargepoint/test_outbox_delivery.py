@@ -560,6 +560,8 @@ async def test_statuses_arrive_in_order_and_the_current_one_after_a_reconnect(
     await eventually("link offline", lambda: link.state is not LinkState.ONLINE)
     link.report_status(ConnectorStatus.FINISHING)
     link.report_status(ConnectorStatus.FAULTED, "OtherError")
+    faulted_at = datetime.now(UTC)
+    await asyncio.sleep(0.5)  # offline for a while before the CSMS is back
     await site.csms.start()
     await site.online(link)
     await eventually("CSMS shows Faulted", lambda: csms_shows("Faulted"))
@@ -568,6 +570,8 @@ async def test_statuses_arrive_in_order_and_the_current_one_after_a_reconnect(
     assert received.of("status") == ["Available", "Preparing", "Charging", "Faulted"]
     (row,) = await site.csms.store.connectors.list(CP_ID)
     assert row.error_code == "OtherError"
+    # Stamped when the connector faulted, not when the message could finally be sent.
+    assert abs((row.timestamp - faulted_at).total_seconds()) < 0.2
 
 
 # -- (g): closing ----------------------------------------------------------------------
