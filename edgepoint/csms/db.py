@@ -1,15 +1,13 @@
-"""Schema, migrations and repositories of the CSMS database (csms.db); all its SQL lives here."""
+"""Repositories of the CSMS database (csms.db); all its SQL lives here."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import hashlib
 import hmac
 import os
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,220 +23,28 @@ from edgepoint.csms.ids import (
     parse_charge_point_id,
     parse_id_tag,
 )
-from edgepoint.errors import StorageError
-from edgepoint.storage.sqlite import Database, Migration
-
-# Migration N brings user_version from N-1 to N. Never edit a released entry; append.
-# Timestamps are TEXT in one format (iso_utc: ...T..:..:..mmmZ) so they sort as strings.
-MIGRATIONS: Sequence[Migration] = (
-    """
-    CREATE TABLE charge_points (
-        id                TEXT PRIMARY KEY,
-        vendor            TEXT,
-        model             TEXT,
-        firmware          TEXT,
-        serial_number     TEXT,
-        auth_salt         BLOB,
-        auth_hash         BLOB,
-        auth_iterations   INTEGER,
-        registered_at     TEXT NOT NULL,
-        last_boot_at      TEXT,
-        last_heartbeat_at TEXT
-    );
-    CREATE TABLE connectors (
-        charge_point_id   TEXT NOT NULL REFERENCES charge_points(id) ON DELETE CASCADE,
-        connector_id      INTEGER NOT NULL CHECK (connector_id >= 0),
-        status            TEXT NOT NULL,
-        error_code        TEXT NOT NULL,
-        info              TEXT,
-        vendor_id         TEXT,
-        vendor_error_code TEXT,
-        timestamp         TEXT NOT NULL,
-        received_at       TEXT NOT NULL,
-        PRIMARY KEY (charge_point_id, connector_id)
-    );
-    CREATE TABLE id_tags (
-        id_tag        TEXT PRIMARY KEY COLLATE NOCASE,
-        name          TEXT NOT NULL DEFAULT '',
-        status        TEXT NOT NULL CHECK (status IN ('Accepted', 'Blocked')),
-        expires_at    TEXT,
-        parent_id_tag TEXT COLLATE NOCASE,
-        created_at    TEXT NOT NULL
-    );
-    CREATE TABLE transactions (
-        transaction_id  INTEGER PRIMARY KEY AUTOINCREMENT,
-        charge_point_id TEXT NOT NULL REFERENCES charge_points(id),
-        connector_id    INTEGER NOT NULL,
-        id_tag          TEXT NOT NULL,
-        id_tag_status   TEXT NOT NULL,
-        meter_start     INTEGER NOT NULL,
-        start_timestamp TEXT NOT NULL,
-        reservation_id  INTEGER,
-        meter_stop      INTEGER,
-        stop_timestamp  TEXT,
-        stop_reason     TEXT,
-        stop_id_tag     TEXT,
-        received_at     TEXT NOT NULL
-    );
-    CREATE UNIQUE INDEX transactions_start_key
-        ON transactions (charge_point_id, connector_id, id_tag, start_timestamp, meter_start);
-    CREATE INDEX transactions_open
-        ON transactions (charge_point_id, connector_id) WHERE stop_timestamp IS NULL;
-    CREATE TABLE meter_values (
-        id              INTEGER PRIMARY KEY,
-        charge_point_id TEXT NOT NULL,
-        connector_id    INTEGER NOT NULL,
-        transaction_id  INTEGER,
-        timestamp       TEXT NOT NULL,
-        measurand       TEXT NOT NULL,
-        phase           TEXT,
-        unit            TEXT NOT NULL,
-        location        TEXT NOT NULL,
-        format          TEXT NOT NULL,
-        context         TEXT NOT NULL,
-        value           TEXT NOT NULL
-    );
-    CREATE UNIQUE INDEX meter_values_key ON meter_values (
-        charge_point_id, connector_id, IFNULL(transaction_id, -1), timestamp, measurand,
-        IFNULL(phase, ''), unit, location, format, context, value
-    );
-    CREATE INDEX meter_values_transaction ON meter_values (transaction_id)
-    """,
+from edgepoint.csms.records import (
+    AuthorizationStatus,
+    Card,
+    CardExistsError,
+    CardStatus,
+    ChargePointRecord,
+    ConnectorStatus,
+    IdTagVerdict,
+    MeterSample,
+    MeterValueRecord,
+    StartOutcome,
+    StopOutcome,
+    TransactionRecord,
 )
+from edgepoint.csms.schema import MIGRATIONS
+from edgepoint.errors import StorageError
+from edgepoint.storage.sqlite import Database
 
 # Auth keys are random machine secrets of 16+ characters, so stretching matters less
 # than for passwords; 100k rounds take ~60 ms on x86 and a few hundred ms on a Pi 4.
 DEFAULT_AUTH_ITERATIONS = 100_000
 _SALT_BYTES = 16
-
-
-class CardExistsError(CsmsError):
-    """An id tag with that value (compared case-insensitively) is already registered."""
-
-
-class AuthorizationStatus(enum.StrEnum):
-    """Verdict on an id tag; values are the OCPP 1.6 AuthorizationStatus strings."""
-
-    ACCEPTED = "Accepted"
-    BLOCKED = "Blocked"
-    EXPIRED = "Expired"
-    INVALID = "Invalid"
-
-
-class CardStatus(enum.StrEnum):
-    """What the operator set on a card."""
-
-    ACCEPTED = "Accepted"
-    BLOCKED = "Blocked"
-
-
-class StopOutcome(enum.StrEnum):
-    """What a StopTransaction did to the stored transaction."""
-
-    STOPPED = "stopped"
-    ALREADY_STOPPED = "already_stopped"
-    UNKNOWN = "unknown"
-
-
-@dataclass(frozen=True, slots=True)
-class Card:
-    """One row of id_tags."""
-
-    id_tag: IdTag
-    name: str
-    status: CardStatus
-    expires: datetime | None  # first instant it no longer works
-    parent_id_tag: IdTag | None
-    created_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class IdTagVerdict:
-    """Authorization status plus what OCPP's idTagInfo also carries."""
-
-    status: AuthorizationStatus
-    expires: datetime | None = None
-    parent_id_tag: IdTag | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ChargePointRecord:
-    """One row of charge_points, without the key material."""
-
-    id: ChargePointId
-    vendor: str | None
-    model: str | None
-    firmware: str | None
-    serial_number: str | None
-    has_auth_key: bool
-    registered_at: datetime
-    last_boot_at: datetime | None
-    last_heartbeat_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectorStatus:
-    """Latest StatusNotification of one connector (connector 0 is the whole charge point)."""
-
-    charge_point_id: ChargePointId
-    connector_id: int
-    status: str
-    error_code: str
-    info: str | None
-    vendor_id: str | None
-    vendor_error_code: str | None
-    timestamp: datetime
-    received_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class MeterSample:
-    """One sampledValue, with the OCPP 1.6 defaults filled in for absent fields."""
-
-    timestamp: datetime
-    value: str
-    measurand: str = "Energy.Active.Import.Register"
-    phase: str | None = None
-    unit: str = "Wh"
-    location: str = "Outlet"
-    format: str = "Raw"
-    context: str = "Sample.Periodic"
-
-
-@dataclass(frozen=True, slots=True)
-class MeterValueRecord:
-    """One stored row of meter_values."""
-
-    charge_point_id: ChargePointId
-    connector_id: int
-    transaction_id: int | None
-    sample: MeterSample
-
-
-@dataclass(frozen=True, slots=True)
-class TransactionRecord:
-    """One row of transactions."""
-
-    transaction_id: int
-    charge_point_id: ChargePointId
-    connector_id: int
-    id_tag: IdTag
-    id_tag_status: AuthorizationStatus
-    meter_start: int
-    start_timestamp: datetime
-    reservation_id: int | None
-    meter_stop: int | None
-    stop_timestamp: datetime | None
-    stop_reason: str | None
-    stop_id_tag: IdTag | None
-
-
-@dataclass(frozen=True, slots=True)
-class StartOutcome:
-    """Transaction id assigned to a StartTransaction; `repeated` when it was a retry."""
-
-    transaction_id: int
-    repeated: bool
 
 
 def _to_text(moment: datetime) -> str:

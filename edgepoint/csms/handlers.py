@@ -35,8 +35,9 @@ from websockets.asyncio.server import ServerConnection
 
 from edgepoint.clock import Clock, iso_utc
 from edgepoint.csms import rpc
-from edgepoint.csms.db import CsmsStore, IdTagVerdict, MeterSample, StopOutcome
+from edgepoint.csms.db import CsmsStore
 from edgepoint.csms.ids import ChargePointId
+from edgepoint.csms.records import IdTagVerdict, MeterSample, StopOutcome
 
 log = logging.getLogger(__name__)
 

@@ -14,18 +14,17 @@ from csms_support import (
     FakeClock,
 )
 
-from edgepoint.csms.db import (
-    MIGRATIONS,
+from edgepoint.csms.db import CsmsStore, open_csms_store
+from edgepoint.csms.ids import ChargePointId, CsmsError, InvalidIdentifierError
+from edgepoint.csms.records import (
     AuthorizationStatus,
     CardExistsError,
     CardStatus,
-    CsmsStore,
     MeterSample,
     StartOutcome,
     StopOutcome,
-    open_csms_store,
 )
-from edgepoint.csms.ids import ChargePointId, CsmsError, InvalidIdentifierError
+from edgepoint.csms.schema import MIGRATIONS
 
 CP = ChargePointId("CP-1")
 KEY = "0123456789abcdef0123"

@@ -13,7 +13,8 @@ from ocpp.v16 import ChargePoint as OcppClient
 from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action, AuthorizationStatus, RegistrationStatus, ResetStatus, ResetType
 
-from edgepoint.csms.db import CsmsStore, StopOutcome
+from edgepoint.csms.db import CsmsStore
+from edgepoint.csms.records import StopOutcome
 
 START_TS = "2025-06-01T12:01:00.000Z"
 
