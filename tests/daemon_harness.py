@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -128,3 +130,14 @@ class Daemon:
     def tail(self, lines: int = 40) -> str:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         return "daemon log:\n" + "\n".join(text.splitlines()[-lines:])
+
+
+def query(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Read a database file with a separate connection: what is committed, not cached."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def register(status: dict[str, Any]) -> int:
+    """The ESP32 energy register (Wh) in a daemon status."""
+    return int(status["telemetry"]["last"]["energy_wh"])

@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import signal
-import sqlite3
 import stat
 import time
-from pathlib import Path
-from typing import Any
 
 import pytest
-from daemon_harness import Daemon, cli
+from daemon_harness import Daemon, cli, query, register
 
 pytestmark = pytest.mark.timeout(60)
 
 CARD = "04A1B2C3"
 CP = "EP-TEST-1"
-
-
-def query(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(sql, args).fetchall()
-
-
-def register(status: dict[str, Any]) -> int:
-    return int(status["telemetry"]["last"]["energy_wh"])
 
 
 def test_kill_9_mid_session_is_closed_as_power_loss_at_the_next_start(daemon: Daemon) -> None:

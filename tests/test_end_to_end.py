@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import signal
-import sqlite3
 import time
-from pathlib import Path
-from typing import Any
 
 import pytest
-from daemon_harness import Daemon, cli
+from daemon_harness import Daemon, cli, query, register
 
 pytestmark = pytest.mark.timeout(90)
 
 CARD = "04A1B2C3"
-
-
-def query(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(sql, args).fetchall()
-
-
-def register(status: dict[str, Any]) -> int:
-    return int(status["telemetry"]["last"]["energy_wh"])
 
 
 def test_tap_charge_tap_records_exactly_one_transaction(daemon: Daemon) -> None:

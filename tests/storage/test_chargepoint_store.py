@@ -7,9 +7,9 @@ import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
+from daemon_harness import query
 
 from edgepoint.chargepoint import messages
 from edgepoint.charging.events import IdTag, SessionId, StopReason, TelemetrySample
@@ -24,12 +24,6 @@ S2 = SessionId("22222222-2222-4222-8222-222222222222")
 
 def sample(energy_wh: int) -> TelemetrySample:
     return TelemetrySample(1, energy_wh, 7360.0, 32.0, 230.0, 25.0)
-
-
-def query(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    """Read the file with a separate connection: what is committed, not what is cached."""
-    with sqlite3.connect(path) as conn:
-        return conn.execute(sql, args).fetchall()
 
 
 @pytest.fixture(name="db_path")
