@@ -15,6 +15,7 @@ from typing import Any
 
 from edgepoint import __version__, systemd
 from edgepoint.chargepoint.link import CsmsLink, LinkState
+from edgepoint.charging.connector import Connector
 from edgepoint.clock import Clock, SystemClock, is_synced
 from edgepoint.config import Config
 from edgepoint.control.server import ControlServer
@@ -24,7 +25,7 @@ from edgepoint.drivers.rfid import EmulatedI2CBus, Pn532Emulator, Pn532Reader, o
 from edgepoint.drivers.telemetry import Esp32Emulator, SerialTelemetryReader, open_pty
 from edgepoint.errors import ControlError
 from edgepoint.keys import load_or_create_key
-from edgepoint.kiosk import Kiosk
+from edgepoint.kiosk import Kiosk, new_session_id, session_to_resume
 from edgepoint.storage.chargepoint import ChargePointStore
 
 log = logging.getLogger(__name__)
@@ -201,13 +202,12 @@ async def run(config: Config, clock: Clock | None = None) -> None:
                     await csms.register_charge_point(config.station.id, auth_key)
 
             link = CsmsLink(config.station, config.chargepoint, auth_key, store, clock)
-            kiosk = await Kiosk.resume(
-                store,
+            connector = Connector(
+                new_session_id,
                 config.chargepoint.meter_value_sample_interval,
-                lambda connector: Kiosk(
-                    connector, store, panel, link, clock, config.hardware.telemetry_timeout_s
-                ),
+                resume=await session_to_resume(store),
             )
+            kiosk = Kiosk(connector, store, panel, link, clock, config.hardware.telemetry_timeout_s)
             link.on_transaction_started = kiosk.transaction_started
             station = Station(config, kiosk, link, store, devices, csms, clock)
 

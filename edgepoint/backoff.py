@@ -19,3 +19,12 @@ def exponential(
     """
     ceiling: float = min(cap_s, base_s * 2.0 ** min(attempt, 30))
     return ceiling / 2 + (ceiling / 2) * jitter()
+
+
+def local_device(attempt: int) -> float:
+    """Back-off for a device on a local bus or cable (PN532, ESP32).
+
+    Retrying costs nothing there, and a technician who reseats a cable expects the
+    device to work again within seconds: a short base and a low cap.
+    """
+    return exponential(attempt, base_s=0.25, cap_s=5.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -284,8 +284,3 @@ def load_config(path: Path = DEFAULT_PATH) -> Config:
         ),
         log_level=level,
     )
-
-
-def field_names(cls: type) -> list[str]:
-    """List the keys a config table accepts (used by tests to check config.toml documents all)."""
-    return [f.name for f in fields(cls)]

@@ -78,6 +78,15 @@ def new_session_id() -> SessionId:
     return SessionId(str(uuid.uuid4()))
 
 
+async def session_to_resume(store: ChargePointStore) -> ActiveSession | None:
+    """The session a previous run left open (crash, power cut), for the connector to close."""
+    row = await store.open_session()
+    if row is None:
+        return None
+    log.warning("closing session %s left open by a previous run", row.session_id)
+    return ActiveSession(row.session_id, row.id_tag, row.meter_start_wh, row.last_reading_wh)
+
+
 class Kiosk:
     """Owns the connector; the only place that turns decided actions into effects."""
 
@@ -105,23 +114,6 @@ class Kiosk:
         self._rejected = 0
         self._watchers: set[Callable[[], None]] = set()
         self._authorizations: set[asyncio.Task[None]] = set()
-
-    @classmethod
-    async def resume(
-        cls,
-        store: ChargePointStore,
-        meter_value_interval_s: float,
-        make: Callable[[Connector], Kiosk],
-    ) -> Kiosk:
-        """Build the kiosk, picking up a session a previous run left open (crash, power cut)."""
-        row = await store.open_session()
-        resume = None
-        if row is not None:
-            log.warning("closing session %s left open by a previous run", row.session_id)
-            resume = ActiveSession(
-                row.session_id, row.id_tag, row.meter_start_wh, row.last_reading_wh
-            )
-        return make(Connector(new_session_id, meter_value_interval_s, resume=resume))
 
     def publish(self, event: Event) -> None:
         """Hand an event to the kiosk loop; safe to call from drivers' callbacks."""

@@ -7,7 +7,6 @@ from edgepoint.drivers.rfid.reader import (
     Pn532Reader,
     ReaderStats,
     open_pn532_bus,
-    reconnect_backoff,
 )
 
 __all__ = [
@@ -22,5 +21,4 @@ __all__ = [
     "decode_frame",
     "encode_frame",
     "open_pn532_bus",
-    "reconnect_backoff",
 ]

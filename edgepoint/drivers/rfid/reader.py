@@ -53,15 +53,6 @@ def adafruit_driver(bus: Any) -> Pn532Driver:
     return driver
 
 
-def reconnect_backoff(attempt: int) -> float:
-    """Seconds to wait before reconnect attempt `attempt` (0-based) to the chip.
-
-    The chip sits on a local bus, so retrying costs nothing, and a technician who
-    reseats its cable expects taps to work again within seconds: a low cap.
-    """
-    return backoff.exponential(attempt, base_s=0.25, cap_s=5.0)
-
-
 @dataclass(frozen=True, slots=True)
 class ReaderStats:
     """A snapshot of what the reader has done since it was built."""
@@ -99,7 +90,7 @@ class Pn532Reader:
         bus: Any,
         *,
         poll_timeout_s: float = 0.1,
-        backoff: Backoff = reconnect_backoff,
+        backoff: Backoff = backoff.local_device,
         driver_factory: DriverFactory = adafruit_driver,
         max_consecutive_errors: int = 5,
         health_check_s: float = 5.0,

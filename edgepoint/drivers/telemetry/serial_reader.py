@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import serial
 
-from edgepoint.backoff import exponential
+from edgepoint.backoff import local_device
 from edgepoint.charging.events import TelemetrySample
 from edgepoint.drivers.telemetry.frames import TelemetryParser, TelemetryStats
 from edgepoint.errors import DeviceError
@@ -20,16 +20,10 @@ log = logging.getLogger(__name__)
 
 # Enough for several frames per wake-up without letting one read hog the loop.
 _MAX_READ = 4096
+
+
 # A replugged ESP32 should be back within seconds, and retrying an absent
 # device node costs nothing, so the cap is much lower than for network links.
-_RETRY_BASE_S = 0.25
-_RETRY_CAP_S = 5.0
-
-
-def _default_backoff(attempt: int) -> float:
-    return exponential(attempt, base_s=_RETRY_BASE_S, cap_s=_RETRY_CAP_S)
-
-
 @dataclass(frozen=True, slots=True)
 class ReaderStats:
     """Snapshot of the serial link: parser counters plus connection history."""
@@ -62,7 +56,7 @@ class SerialTelemetryReader:
         baudrate: int = 115200,
         *,
         parser: TelemetryParser | None = None,
-        backoff: Callable[[int], float] = _default_backoff,
+        backoff: Callable[[int], float] = local_device,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -105,12 +99,6 @@ class SerialTelemetryReader:
             last_sample_at=self._last_sample_at,
             last_error=self._last_error,
         )
-
-    def is_stale(self, max_age_s: float) -> bool:
-        """True when no sample arrived within max_age_s (or none ever did)."""
-        if self._last_sample_at is None:
-            return True
-        return self._monotonic() - self._last_sample_at > max_age_s
 
     async def run(self, publish: Callable[[TelemetrySample], None]) -> None:
         """Read and publish until cancelled; an unplugged ESP32 is retried, never raised."""

@@ -17,7 +17,6 @@ from edgepoint.drivers.rfid.reader import (
     Pn532Reader,
     ReaderStats,
     open_pn532_bus,
-    reconnect_backoff,
 )
 from edgepoint.errors import DeviceError
 
@@ -211,11 +210,6 @@ async def test_stalled_bus_is_abandoned_and_the_reader_reconnects(chip: Pn532Emu
         await until(lambda: reader.stats.connects == 2)
         chip.present_card(UID4)
         await until(lambda: len(seen) == 1)
-
-
-def test_reconnect_backoff_grows_and_stays_low() -> None:
-    assert 0.125 <= reconnect_backoff(0) <= 0.25
-    assert all(2.5 <= reconnect_backoff(n) <= 5.0 for n in range(5, 200))
 
 
 def test_stats_are_an_immutable_snapshot() -> None:

@@ -188,13 +188,11 @@ async def test_pause_silences_the_link_and_resume_brings_it_back(tasks: Tasks, p
     await asyncio.sleep(0.15)
     assert len(received.samples) == count
     assert reader.last_sample_at == last_at
-    assert reader.is_stale(0.1)
     assert reader.stats.connected  # silence is not an unplug: the port stays open
 
     emulator.resume()
     await until(lambda: len(received.samples) >= count + 3)
     assert reader.last_sample_at is not None and reader.last_sample_at > last_at
-    assert not reader.is_stale(1.0)
     # The ESP32 kept numbering while its frames went nowhere.
     assert reader.stats.frames.seq_gaps >= 5
 
@@ -210,7 +208,7 @@ async def test_reader_waits_for_a_missing_port_and_follows_unplug_and_replug(
     await until(lambda: reader.stats.open_failures >= 3)
     assert not reader_task.done()
     assert reader.stats.last_error is not None and "ttyESP32" in reader.stats.last_error
-    assert reader.last_sample_at is None and reader.is_stale(1.0)
+    assert reader.last_sample_at is None
 
     master, path = ptys.new()
     link.symlink_to(path)
