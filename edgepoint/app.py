@@ -5,37 +5,60 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
+import math
 import os
 import signal
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from edgepoint import __version__, systemd
+from edgepoint.chargepoint.authorizer import Authorizer
+from edgepoint.chargepoint.commands import CommandHandler
+from edgepoint.chargepoint.delivery import RetryPolicy
 from edgepoint.chargepoint.link import CsmsLink, LinkState
+from edgepoint.chargepoint.outbox import OutboxSender
+from edgepoint.chargepoint.settings import SettingChange, Settings
 from edgepoint.charging.connector import Connector
+from edgepoint.charging.events import StopReason
 from edgepoint.clock import Clock, SystemClock, is_synced
 from edgepoint.config import Config
 from edgepoint.control.server import ControlServer
 from edgepoint.csms.server import SiteCsms
 from edgepoint.drivers.panel import Panel
 from edgepoint.drivers.rfid import EmulatedI2CBus, Pn532Emulator, Pn532Reader, open_pn532_bus
-from edgepoint.drivers.telemetry import Esp32Emulator, SerialTelemetryReader, open_pty
+from edgepoint.drivers.telemetry import (
+    Esp32Emulator,
+    MeterChannel,
+    SerialTelemetryReader,
+    open_pty,
+)
 from edgepoint.errors import ControlError
 from edgepoint.keys import load_or_create_key
-from edgepoint.kiosk import Kiosk, new_session_id, session_to_resume
+from edgepoint.kiosk import ConnectorSetup, Kiosk, KioskOptions, new_session_id, sessions_to_resume
+from edgepoint.storage.auth_lists import AuthListStore
 from edgepoint.storage.chargepoint import ChargePointStore
+from edgepoint.storage.settings import SettingsRepository
+from edgepoint.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
-# Give a StopTransaction queued at shutdown this long to reach an online CSMS.
+# Give what shutdown queued (StopTransaction) this long to reach an online CSMS.
 SHUTDOWN_FLUSH_S = 1.5
-
-
-# Where the simulated ESP32 keeps its energy register between runs of the daemon.
+# Where the simulated ESP32 keeps its energy registers between runs of the daemon.
 SIMULATED_NVS = "simulated-esp32.nvs"
+
+
+class Exit(StrEnum):
+    """How `run` ended: stopped by a signal, or asked to start again (OCPP Reset)."""
+
+    STOPPED = "stopped"
+    SOFT_RESET = "soft reset"
+    HARD_RESET = "hard reset"
 
 
 @dataclass
@@ -63,7 +86,11 @@ def build_devices(config: Config, panel: Panel) -> Devices:
     esp32 = Esp32Emulator(
         master_fd,
         nvs=config.storage.dir / SIMULATED_NVS,
-        relay_closed=lambda: panel.relay_closed,
+        # partial, not a lambda in the loop: each channel meters its own relay.
+        channels=[
+            MeterChannel(c.meter_channel, functools.partial(panel.is_relay_closed, c.id))
+            for c in config.connectors
+        ],
         charge_power_w=sim.charge_power_w,
         interval_s=sim.telemetry_interval_s,
         energy_wh=sim.start_energy_wh,
@@ -85,49 +112,64 @@ class Station:
         config: Config,
         kiosk: Kiosk,
         link: CsmsLink,
+        sender: OutboxSender,
         store: ChargePointStore,
         devices: Devices,
         csms: SiteCsms | None,
+        supervisor: Supervisor,
         clock: Clock,
     ) -> None:
         self._config = config
         self._kiosk = kiosk
         self._link = link
+        self._sender = sender
         self._store = store
         self._devices = devices
         self._csms = csms
+        self._supervisor = supervisor
         self._clock = clock
         self._started = clock.monotonic()
 
     async def status(self) -> dict[str, Any]:
         k = self._kiosk.snapshot()
+        connectors = [
+            {
+                "id": c.id,
+                "status": c.status,
+                "phase": c.phase,
+                "operative": c.operative,
+                "relay_closed": c.relay_closed,
+                "telemetry_lost": c.telemetry_lost,
+                "session": None
+                if c.session_id is None
+                else {
+                    "session_id": c.session_id,
+                    "id_tag": c.id_tag,
+                    "transaction_id": c.transaction_id,
+                    "meter_start_wh": c.meter_start_wh,
+                    "energy_wh": (c.last_sample.energy_wh - (c.meter_start_wh or 0))
+                    if c.last_sample
+                    else 0,
+                },
+                "last_sample": dataclasses.asdict(c.last_sample) if c.last_sample else None,
+            }
+            for c in k.connectors
+        ]
+        outbox = await self._store.outbox_summary()
+        sender = self._sender.snapshot()
         return {
             "station": self._config.station.id,
             "version": __version__,
             "simulated": self._config.hardware.simulate,
             "uptime_s": round(self._clock.monotonic() - self._started, 3),
-            # False on a Pi that booted without NTP/RTC: timestamps sent out are wrong.
+            # False on a Pi that booted without NTP/RTC and no CSMS time yet.
             "clock_synced": is_synced(self._clock),
-            "connector": {
-                "id": 1,
-                "status": k.status,
-                "phase": k.phase,
-                "relay_closed": k.relay_closed,
-                "telemetry_lost": k.telemetry_lost,
-                "session": None
-                if k.session_id is None
-                else {
-                    "session_id": k.session_id,
-                    "id_tag": k.id_tag,
-                    "meter_start_wh": k.meter_start_wh,
-                    "energy_wh": (k.last_sample.energy_wh - (k.meter_start_wh or 0))
-                    if k.last_sample
-                    else 0,
-                },
-            },
+            "connector": connectors[0],
+            "connectors": connectors,
             "telemetry": {
-                "last": dataclasses.asdict(k.last_sample) if k.last_sample else None,
+                "last": connectors[0]["last_sample"],
                 "reader": _plain(self._devices.telemetry.stats),
+                "unrouted_samples": k.unrouted_samples,
             },
             "rfid": _plain(self._devices.rfid.stats),
             "links": {
@@ -136,10 +178,15 @@ class Station:
                 if self._csms is None
                 else {"connected": sorted(self._csms.connected_ids())},
             },
+            "services": [_plain(s) for s in self._supervisor.snapshot()],
             "outbox": {
-                "depth": await self._store.outbox_depth(),
-                "dead_letters": await self._store.dead_letter_count(),
+                **_plain(outbox),
+                "delivered": sender.delivered,
+                "commit_window_ms_p50": sender.commit_window_ms_p50,
+                "commit_window_ms_max": sender.commit_window_ms_max,
             },
+            "alarms": list(sender.alarms),
+            "events_rejected": k.events_rejected,
         }
 
     async def tap(self, uid: str) -> None:
@@ -171,79 +218,195 @@ def _plain(snapshot: Any) -> Any:
     return snapshot
 
 
-async def run(config: Config, clock: Clock | None = None) -> None:
-    """Run the daemon until SIGINT/SIGTERM, then stop cleanly: relay open, links closed."""
-    clock = clock or SystemClock()
+async def run(config: Config, clock: Clock | None = None) -> Exit:
+    """Run the daemon until SIGINT/SIGTERM or an OCPP Reset, then stop cleanly."""
+    system_clock = SystemClock()
+    clock = clock or system_clock
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    ending: list[Exit] = []
+
+    def request_exit(kind: Exit) -> None:
+        ending.append(kind)
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, request_exit, Exit.STOPPED)
 
+    # The relays are set up (open) before anything else is read.
+    panel = (
+        Panel.simulated(config.hardware, config.connectors)
+        if config.hardware.simulate
+        else Panel(config.hardware, config.connectors)
+    )
     auth_key = load_or_create_key(config.chargepoint.auth_key_file, create=config.csms.enabled)
-    # The relay is set up (open) before anything else can ask for it.
-    panel = Panel.simulated(config.hardware) if config.hardware.simulate else Panel(config.hardware)
     store = await ChargePointStore.open(config.storage.chargepoint_db)
-    devices = build_devices(config, panel)
+    devices: Devices | None = None
     try:
-        async with asyncio.TaskGroup() as tg:
-            csms: SiteCsms | None = None
-            csms_task = None
-            if config.csms.enabled:
-                csms = SiteCsms(
-                    config.storage.csms_db,
-                    config.csms.host,
-                    config.csms.port,
-                    clock,
-                    heartbeat_interval=config.csms.heartbeat_interval,
-                )
-                csms_task = tg.create_task(csms.run())
-                await csms.wait_started()
-                if auth_key is not None:
-                    await csms.register_charge_point(config.station.id, auth_key)
-
-            link = CsmsLink(config.station, config.chargepoint, auth_key, store, clock)
-            connector = Connector(
-                new_session_id,
-                config.chargepoint.meter_value_sample_interval,
-                resume=await session_to_resume(store),
-            )
-            kiosk = Kiosk(connector, store, panel, link, clock, config.hardware.telemetry_timeout_s)
-            link.on_transaction_started = kiosk.transaction_started
-            station = Station(config, kiosk, link, store, devices, csms, clock)
-
-            front = [tg.create_task(coro) for coro in devices.background]
-            front += [
-                tg.create_task(kiosk.run()),
-                tg.create_task(devices.rfid.run(kiosk.publish)),
-                tg.create_task(devices.telemetry.run(kiosk.publish)),
-                tg.create_task(ControlServer(config.control.socket, station).run()),
-            ]
-            link_task = tg.create_task(link.run())
-            watchdog = tg.create_task(_keep_systemd_happy())
-            if not is_synced(clock):
-                log.warning(
-                    "the wall clock is not set (%s): timestamps will be wrong", clock.utc_now()
-                )
-            systemd.notify(f"READY=1\nSTATUS=serving as {config.station.id}")
-            log.info("edgepoint %s running as %s", __version__, config.station.id)
-
-            await stop.wait()
-            log.info("stopping")
-            systemd.notify("STOPPING=1")
-            await _cancel(front)
-            await kiosk.shutdown()
-            await _flush(store, link)
-            await link.close()
-            await _cancel([link_task, watchdog])
-            if csms_task is not None:
-                await _cancel([csms_task])
+        settings = await SettingsRepository(store.db).load_settings(
+            dict(config.ocpp), number_of_connectors=len(config.connectors)
+        )
+        lists = AuthListStore(store.db)
+        devices = build_devices(config, panel)
+        exit_kind = await _serve(
+            config, clock, system_clock, panel, store, settings, lists, auth_key, devices,
+            stop, request_exit,
+        )
+        return ending[0] if ending else exit_kind
     finally:
         panel.close()
         await store.close()
-        for cleanup in devices.cleanup:
-            cleanup()
+        if devices is not None:
+            for cleanup in devices.cleanup:
+                cleanup()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+
+
+async def _serve(
+    config: Config,
+    clock: Clock,
+    system_clock: SystemClock,
+    panel: Panel,
+    store: ChargePointStore,
+    settings: Settings,
+    lists: AuthListStore,
+    auth_key: str | None,
+    devices: Devices,
+    stop: asyncio.Event,
+    request_exit: Callable[[Exit], None],
+) -> Exit:
+    supervisor = Supervisor(clock)
+    link = CsmsLink(
+        config.station,
+        config.chargepoint,
+        auth_key,
+        settings,
+        clock,
+        adopt_time=system_clock.adopt if clock is system_clock else None,
+    )
+    authorizer = Authorizer(lists, link, settings, clock, config.chargepoint.authorize_timeout_s)
+    resumed = await sessions_to_resume(store)
+    availability = await store.availability()
+    interval = _sample_interval(settings.integer("MeterValueSampleInterval"))
+    setups = [
+        ConnectorSetup(
+            c.id,
+            Connector(
+                new_session_id,
+                interval,
+                resume=resumed.get(c.id),
+                operative=availability.get(c.id, True),
+            ),
+            c.meter_channel,
+        )
+        for c in config.connectors
+    ]
+    wake: list[Callable[[], None]] = []
+    kiosk = Kiosk(
+        setups,
+        store,
+        panel,
+        authorizer,
+        clock,
+        config.hardware.telemetry_timeout_s,
+        KioskOptions(
+            meter_measurands=lambda: settings.csl("MeterValuesSampledData"),
+            stop_on_invalid_id=lambda: settings.flag("StopTransactionOnInvalidId"),
+            max_energy_on_invalid_id=lambda: settings.integer("MaxEnergyOnInvalidId"),
+            outbox_budget=config.chargepoint.outbox_max_messages,
+            on_outbox=lambda: wake[0]() if wake else None,
+        ),
+    )
+    kiosk.restore_availability(availability)
+    sender = OutboxSender(
+        store,
+        link,
+        clock,
+        lambda: RetryPolicy(
+            settings.integer("TransactionMessageAttempts"),
+            settings.integer("TransactionMessageRetryInterval"),
+        ),
+        kiosk.transaction_started,
+        kiosk.transaction_stopped,
+    )
+    wake.append(sender.wake.set)
+
+    def restart(hard: bool) -> None:
+        request_exit(Exit.HARD_RESET if hard else Exit.SOFT_RESET)
+
+    commands = CommandHandler(
+        kiosk, link, settings, SettingsRepository(store.db), lists, clock, restart, sender.wake.set
+    )
+    link.handler = commands.handle
+    link.on_online = lambda first: sender.reconnected()
+
+    def follow(change: SettingChange) -> None:
+        if change.key == "MeterValueSampleInterval":
+            for cid in kiosk.connector_ids:
+                kiosk.connector(cid).meter_value_interval_s = _sample_interval(int(change.new))
+        elif change.key == "HeartbeatInterval":
+            link.heartbeat_interval_changed()
+
+    settings.subscribe(follow, ["MeterValueSampleInterval", "HeartbeatInterval"])
+
+    async with asyncio.TaskGroup() as tg:
+        csms: SiteCsms | None = None
+        csms_task = None
+        if config.csms.enabled:
+            csms = SiteCsms(
+                config.storage.csms_db,
+                config.csms.host,
+                config.csms.port,
+                clock,
+                heartbeat_interval=config.csms.heartbeat_interval,
+            )
+            csms_task = tg.create_task(supervisor.keep("embedded csms", csms.run))
+            await csms.wait_started()
+            if auth_key is not None:
+                await csms.register_charge_point(config.station.id, auth_key)
+
+        station = Station(
+            config, kiosk, link, sender, store, devices, csms, supervisor, clock
+        )
+        control = ControlServer(config.control.socket, station)
+        front = [tg.create_task(coro) for coro in devices.background]
+        front += [
+            # The kiosk loop is the one task whose failure stops the daemon.
+            tg.create_task(kiosk.run()),
+            tg.create_task(supervisor.keep("rfid reader", lambda: devices.rfid.run(kiosk.publish))),
+            tg.create_task(
+                supervisor.keep("telemetry", lambda: devices.telemetry.run(kiosk.publish))
+            ),
+            tg.create_task(supervisor.keep("control api", control.run)),
+        ]
+        services = [
+            tg.create_task(supervisor.keep("csms link", link.run)),
+            tg.create_task(supervisor.keep("outbox sender", sender.run)),
+        ]
+        watchdog = tg.create_task(_keep_systemd_happy())
+        if not is_synced(clock):
+            log.warning("the wall clock is not set (%s): timestamps will be wrong", clock.utc_now())
+        systemd.notify(f"READY=1\nSTATUS=serving as {config.station.id}")
+        log.info("edgepoint %s running as %s", __version__, config.station.id)
+
+        stopping = asyncio.create_task(stop.wait())
+        await stopping
+        log.info("stopping")
+        systemd.notify("STOPPING=1")
+        await _cancel(front)
+        await kiosk.shutdown(StopReason.REBOOT)
+        await _flush(store, link)
+        await link.close()
+        await _cancel([*services, watchdog])
+        if csms_task is not None:
+            await _cancel([csms_task])
+    return Exit.STOPPED
+
+
+def _sample_interval(seconds: int) -> float:
+    """MeterValueSampleInterval 0 means no sampled MeterValues at all (OCPP 1.6 §9.1)."""
+    return float(seconds) if seconds > 0 else math.inf
 
 
 async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
@@ -258,7 +421,7 @@ async def _flush(store: ChargePointStore, link: CsmsLink) -> None:
     """Let an online link deliver what shutdown queued; what is left waits for next start."""
     deadline = time.monotonic() + SHUTDOWN_FLUSH_S
     while link.state is LinkState.ONLINE and time.monotonic() < deadline:
-        if await store.outbox_depth() == 0:
+        if (await store.outbox_summary()).depth == 0:
             return
         await asyncio.sleep(0.05)
 

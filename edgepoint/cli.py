@@ -125,7 +125,13 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     logging.getLogger("websockets").setLevel(logging.WARNING)
     from edgepoint import app
 
-    asyncio.run(app.run(config))
+    ended = asyncio.run(app.run(config))
+    if ended in (app.Exit.SOFT_RESET, app.Exit.HARD_RESET):
+        # OCPP Reset: everything is closed and the relays are open; start afresh in the
+        # same process slot, so it works the same under systemd (same PID) and without.
+        logging.getLogger(__name__).warning("%s: restarting", ended)
+        logging.shutdown()
+        os.execv(sys.executable, [sys.executable, "-m", "edgepoint.cli", *sys.argv[1:]])
     return EXIT_OK
 
 
@@ -145,21 +151,27 @@ def _status(config: Config, args: argparse.Namespace) -> int:
 
 def format_status(s: dict[str, Any]) -> str:
     """The status as a technician reads it on a terminal."""
-    c = s["connector"]
     lines = [
         f"{s['station']}  edgepoint {s['version']}"
         f"{' (simulated hardware)' if s['simulated'] else ''}  up {s['uptime_s']:.0f} s",
         *([] if s["clock_synced"] else ["WARNING: wall clock not set (no NTP/RTC yet)"]),
-        f"connector {c['id']}: {c['status']}  relay {'CLOSED' if c['relay_closed'] else 'open'}"
-        f"{'  TELEMETRY LOST' if c['telemetry_lost'] else ''}",
+        *(f"ALARM: {alarm}" for alarm in s.get("alarms", [])),
     ]
-    if session := c["session"]:
+    for c in s["connectors"]:
         lines.append(
-            f"  session {session['session_id']}  card {session['id_tag']}"
-            f"  {session['energy_wh']} Wh since start ({session['meter_start_wh']} Wh)"
+            f"connector {c['id']}: {c['status']}  relay {'CLOSED' if c['relay_closed'] else 'open'}"
+            f"{'' if c['operative'] else '  (inoperative)'}"
+            f"{'  TELEMETRY LOST' if c['telemetry_lost'] else ''}"
         )
-    else:
-        lines.append("  no session")
+        if session := c["session"]:
+            tx = session["transaction_id"]
+            lines.append(
+                f"  session {session['session_id']}  card {session['id_tag']}"
+                f"  transaction {tx if tx is not None else '(not yet confirmed)'}"
+                f"  {session['energy_wh']} Wh since start ({session['meter_start_wh']} Wh)"
+            )
+        else:
+            lines.append("  no session")
     if last := s["telemetry"]["last"]:
         frames = s["telemetry"]["reader"]["frames"]
         lines.append(
@@ -176,9 +188,18 @@ def format_status(s: dict[str, Any]) -> str:
         lines.append(f"  last error: {link['last_error']}")
     if (embedded := s["links"]["embedded_csms"]) is not None:
         lines.append(f"embedded csms: {len(embedded['connected'])} charge point(s) connected")
+    box = s["outbox"]
+    oldest = f", oldest from {box['oldest_created_at']}" if box["oldest_created_at"] else ""
     lines.append(
-        f"outbox: {s['outbox']['depth']} queued, {s['outbox']['dead_letters']} dead letter(s)"
+        f"outbox: {box['depth']} queued, {box['dead_letters']} dead letter(s)"
+        f"{oldest}, {box['parked']} parked, {box['quarantined']} quarantined"
     )
+    for service in s.get("services", []):
+        if service["restarts"]:
+            lines.append(
+                f"service {service['name']}: {service['state']}, restarted"
+                f" {service['restarts']} time(s); last error: {service['last_error']}"
+            )
     return "\n".join(lines)
 
 

@@ -42,7 +42,6 @@ def write_config(folder: Path) -> Path:
 id = "EP-BENCH-1"
 [chargepoint]
 csms_url = "ws://127.0.0.1:{port}/ocpp"
-meter_value_sample_interval = 1
 [csms]
 port = {port}
 [storage]
@@ -54,6 +53,8 @@ telemetry_interval_s = 0.1
 socket = "var/edgepoint.sock"
 [log]
 level = "WARNING"
+[ocpp]
+MeterValueSampleInterval = 1
 """
     path = folder / "config.toml"
     path.write_text(text)

@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 from daemon_harness import Daemon, write_config
 
+# The `tls_files` fixture (test PKI for security profiles 2 and 3).
+pytest_plugins = ["support.tls"]
+
 
 @pytest.fixture
 def daemon_config(tmp_path: Path) -> Path:

@@ -31,7 +31,6 @@ def write_config(folder: Path, **overrides: Any) -> Path:
         "station": {"id": "EP-TEST-1"},
         "chargepoint": {
             "csms_url": "",
-            "meter_value_sample_interval": 1,
             "response_timeout": 5,
             "reconnect_max_s": 1,
         },
@@ -42,6 +41,7 @@ def write_config(folder: Path, **overrides: Any) -> Path:
         "simulation": {"charge_power_w": 36000, "telemetry_interval_s": 0.1},
         "control": {"socket": "var/edgepoint.sock"},
         "log": {"level": "INFO"},
+        "ocpp": {"MeterValueSampleInterval": 1},
     }
     values["chargepoint"]["csms_url"] = f"ws://127.0.0.1:{values['csms']['port']}/ocpp"
     for key, value in overrides.items():

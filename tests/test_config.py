@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import subprocess
 import sys
@@ -11,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from edgepoint.chargepoint.settings import REGISTRY
 from edgepoint.config import (
     ChargePointConfig,
     Config,
+    ConnectorConfig,
     ControlConfig,
     CsmsConfig,
     HardwareConfig,
@@ -35,6 +38,7 @@ TABLES: dict[str, type] = {
     "hardware": HardwareConfig,
     "simulation": SimulationConfig,
     "control": ControlConfig,
+    "connector": ConnectorConfig,  # [[connector]], documented as a commented-out example
 }
 
 MINIMAL = '[station]\nid = "EP-1"\n[chargepoint]\ncsms_url = "ws://127.0.0.1:9000/ocpp"\n'
@@ -64,17 +68,27 @@ def test_repository_config_loads() -> None:
     assert config.hardware.simulate is True
     assert config.storage.dir == REPO_CONFIG.parent / "var"
     assert config.log_level == "INFO"
+    assert config.connectors == (ConnectorConfig(id=1, relay_pin=17, meter_channel=1),)
+    assert config.ocpp == (("MeterValueSampleInterval", "10"),)
+    cp = config.chargepoint
+    assert (cp.authorize_timeout_s, cp.outbox_max_messages) == (3.0, 50_000)
+    assert (cp.ca_file, cp.client_cert_file, cp.client_key_file) == (None, None, None)
+
+
+# A key set by default, or a commented-out example of an optional one ("# ca_file = ...").
+KEY_LINE = re.compile(r"(\w+)\s*=")
+EXAMPLE_LINE = re.compile(r"# (\w+) = \S")
 
 
 def documented_keys() -> dict[str, dict[str, int]]:
-    """{table: {key: line index}} of every `key = value` line in config.toml."""
+    """{table: {key: line index}} of every `key = value` line in config.toml, examples too."""
     tables: dict[str, dict[str, int]] = {}
     current = ""
     for number, line in enumerate(REPO_CONFIG.read_text().splitlines()):
-        if m := re.fullmatch(r"\[(\w+)\]\s*", line):
+        if m := re.fullmatch(r"(?:# )?\[\[?(\w+)\]\]?\s*", line):
             current = m.group(1)
             tables[current] = {}
-        elif m := re.match(r"(\w+)\s*=", line):
+        elif m := KEY_LINE.match(line) or EXAMPLE_LINE.match(line):
             assert current, f"key outside a table at line {number + 1}"
             tables[current][m.group(1)] = number
     return tables
@@ -85,8 +99,10 @@ def test_every_config_key_is_in_config_toml() -> None:
     for table, cls in TABLES.items():
         assert set(keys.get(table, {})) == {f.name for f in fields(cls)}, table
     assert set(keys["log"]) == {"level"}
-    # Config's own fields are the tables plus the [log] level and the file path.
-    assert {f.name for f in fields(Config)} == {*TABLES, "log_level", "path"}
+    assert keys["ocpp"] and set(keys["ocpp"]) <= {n for n, k in REGISTRY.items() if not k.readonly}
+    # Config's own fields are the tables plus the [log] level, [ocpp] and the file path.
+    tables = {name for name in TABLES if name != "connector"} | {"connectors", "ocpp"}
+    assert {f.name for f in fields(Config)} == {*tables, "log_level", "path"}
 
 
 def test_every_config_toml_key_has_its_own_comment_line() -> None:
@@ -95,9 +111,29 @@ def test_every_config_toml_key_has_its_own_comment_line() -> None:
         f"[{table}] {key}"
         for table, entries in documented_keys().items()
         for key, number in entries.items()
-        if number == 0 or not lines[number - 1].startswith("#")
+        if number == 0
+        or not lines[number - 1].startswith("#")
+        or EXAMPLE_LINE.match(lines[number - 1])  # an example explains nothing
     ]
     assert undocumented == []
+
+
+def test_the_commented_examples_in_config_toml_are_valid(tmp_path: Path) -> None:
+    """Uncommenting the [[connector]] and [ocpp] examples gives a file that loads."""
+    lines = REPO_CONFIG.read_text().splitlines()
+    table = ""
+    for i, line in enumerate(lines):
+        if m := re.fullmatch(r"(?:# )?\[\[?(\w+)\]\]?\s*", line):
+            table = m.group(1)
+        if table in ("connector", "ocpp") and (
+            line == "# [[connector]]" or EXAMPLE_LINE.match(line)
+        ):
+            lines[i] = line.removeprefix("# ")
+    path = tmp_path / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    config = load_config(path)
+    assert config.connectors == (ConnectorConfig(id=1, relay_pin=17, meter_channel=1),)
+    assert len(config.ocpp) == len(documented_keys()["ocpp"]) > 1
 
 
 # -- errors name the file, the key and the reason ---------------------------------------
@@ -238,6 +274,243 @@ def test_relative_paths_resolve_against_the_config_folder(
 def test_absolute_path_is_kept(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL + f'[storage]\ndir = "{tmp_path / "db"}"\n'))
     assert config.storage.dir == tmp_path / "db"
+
+
+# -- [chargepoint]: Authorize deadline, outbox budget, TLS files -----------------------------
+
+WSS = '[station]\nid = "EP-1"\n[chargepoint]\ncsms_url = "wss://csms.example/ocpp"\n'
+
+
+def secret(folder: Path, name: str, mode: int) -> Path:
+    path = folder / name
+    path.write_text("-----BEGIN PRIVATE KEY-----\n")
+    os.chmod(path, mode)
+    return path
+
+
+def test_new_chargepoint_keys_take_values(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("ca")
+    (tmp_path / "cp.crt").write_text("cert")
+    key = secret(tmp_path, "cp.key", 0o600)
+    config = load_config(
+        write(
+            tmp_path,
+            WSS + "authorize_timeout_s = 1\noutbox_max_messages = 1000\n"
+            'ca_file = "ca.pem"\nclient_cert_file = "cp.crt"\nclient_key_file = "cp.key"\n',
+        )
+    )
+    cp = config.chargepoint
+    assert cp.authorize_timeout_s == 1.0 and isinstance(cp.authorize_timeout_s, float)
+    assert cp.outbox_max_messages == 1000
+    assert (cp.ca_file, cp.client_cert_file, cp.client_key_file) == (
+        tmp_path / "ca.pem",
+        tmp_path / "cp.crt",
+        key,
+    )
+
+
+def test_a_key_file_readable_only_by_its_owner_is_accepted(tmp_path: Path) -> None:
+    (tmp_path / "cp.crt").write_text("cert")
+    secret(tmp_path, "cp.key", 0o400)
+    text = WSS + 'client_cert_file = "cp.crt"\nclient_key_file = "cp.key"\n'
+    assert load_config(write(tmp_path, text)).chargepoint.client_key_file == tmp_path / "cp.key"
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o666])
+def test_a_key_file_open_to_others_is_refused_naming_the_file(tmp_path: Path, mode: int) -> None:
+    (tmp_path / "cp.crt").write_text("cert")
+    key = secret(tmp_path, "cp.key", mode)
+    err = error_for(tmp_path, WSS + 'client_cert_file = "cp.crt"\nclient_key_file = "cp.key"\n')
+    assert err.key == "chargepoint.client_key_file"
+    assert err.reason == f"{key} is open to group or others (mode {mode:03o}); chmod 600 it"
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "reason"),
+    [
+        ('ca_file = "ca.pem"\n', "chargepoint.ca_file", "does not exist"),
+        ('client_cert_file = "cp.crt"\n', "chargepoint.client_key_file", "is required with"),
+        ('client_key_file = "cp.key"\n', "chargepoint.client_cert_file", "is required with"),
+        (
+            'client_cert_file = "cp.crt"\nclient_key_file = "cp.key"\n',
+            "chargepoint.client_cert_file",
+            "does not exist",
+        ),
+        ('ca_file = ""\n', "chargepoint.ca_file", "must not be empty"),
+        ("ca_file = 1\n", "chargepoint.ca_file", "must be str, got int"),
+        ("authorize_timeout_s = 0\n", "chargepoint.authorize_timeout_s", "between 0.1 and 60"),
+        ("authorize_timeout_s = '3'\n", "chargepoint.authorize_timeout_s", "must be float"),
+        ("outbox_max_messages = 10\n", "chargepoint.outbox_max_messages", "between 100 and"),
+        ("outbox_max_messages = 1e5\n", "chargepoint.outbox_max_messages", "must be int"),
+    ],
+)
+def test_bad_tls_files_and_limits(tmp_path: Path, extra: str, key: str, reason: str) -> None:
+    err = error_for(tmp_path, WSS + extra)
+    assert err.key == key
+    assert reason in err.reason
+
+
+@pytest.mark.parametrize("name", ["ca_file", "client_cert_file", "client_key_file"])
+def test_tls_files_need_a_wss_url(tmp_path: Path, name: str) -> None:
+    (tmp_path / "f.pem").write_text("x")
+    err = error_for(tmp_path, MINIMAL + f'{name} = "f.pem"\n')
+    assert err.key == f"chargepoint.{name}"
+    assert err.reason == "only applies to a wss:// csms_url (TLS); csms_url is ws://"
+
+
+def test_a_missing_key_file_is_reported_missing(tmp_path: Path) -> None:
+    (tmp_path / "cp.crt").write_text("cert")
+    err = error_for(tmp_path, WSS + 'client_cert_file = "cp.crt"\nclient_key_file = "cp.key"\n')
+    assert err.key == "chargepoint.client_key_file"
+    assert err.reason == f"{tmp_path / 'cp.key'} does not exist or is not a file"
+
+
+def test_the_moved_sample_interval_says_where_it_went(tmp_path: Path) -> None:
+    err = error_for(tmp_path, MINIMAL + "meter_value_sample_interval = 10\n")
+    assert err.key == "chargepoint.meter_value_sample_interval"
+    assert "MeterValueSampleInterval in [ocpp]" in err.reason
+
+
+# -- [[connector]] -------------------------------------------------------------------------
+
+
+def connectors(*tables: str) -> str:
+    return MINIMAL + "".join(f"[[connector]]\n{t}\n" for t in tables)
+
+
+def test_without_connector_tables_there_is_one_on_the_hardware_relay(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL + "[hardware]\nrelay_pin = 5\n"))
+    assert config.connectors == (ConnectorConfig(id=1, relay_pin=5, meter_channel=1),)
+
+
+def test_connector_tables_in_any_order_come_out_by_id(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            connectors(
+                "id = 2\nrelay_pin = 5\nmeter_channel = 3",
+                "id = 1\nrelay_pin = 6",  # meter_channel defaults to the id
+            ),
+        )
+    )
+    assert config.connectors == (
+        ConnectorConfig(id=1, relay_pin=6, meter_channel=1),
+        ConnectorConfig(id=2, relay_pin=5, meter_channel=3),
+    )
+
+
+@pytest.mark.parametrize(
+    ("tables", "key", "reason"),
+    [
+        (["relay_pin = 5"], "connector[1].id", "is required"),
+        (["id = 1"], "connector[1].relay_pin", "is required"),
+        (["id = 0\nrelay_pin = 5"], "connector[1].id", "must be between 1 and 1"),
+        (
+            ["id = 1\nrelay_pin = 5", "id = 3\nrelay_pin = 6"],
+            "connector[2].id",
+            "must be between 1 and 2 (one per [[connector]]), got 3",
+        ),
+        (
+            ["id = 1\nrelay_pin = 5", "id = 1\nrelay_pin = 6\nmeter_channel = 2"],
+            "connector[2].id",
+            "is connector[1]'s id too",
+        ),
+        (["id = '1'\nrelay_pin = 5"], "connector[1].id", "must be int, got str"),
+        (["id = 1\nrelay_pin = 28"], "connector[1].relay_pin", "must be between 0 and 27"),
+        (
+            ["id = 1\nrelay_pin = 5", "id = 2\nrelay_pin = 5"],
+            "connector[2].relay_pin",
+            "is connector[1]'s relay_pin too",
+        ),
+        (["id = 1\nrelay_pin = 27"], "connector[1].relay_pin", "is hardware.green_led_pin too"),
+        (["id = 1\nrelay_pin = 23"], "connector[1].relay_pin", "is hardware.buzzer_pin too"),
+        (
+            ["id = 1\nrelay_pin = 5\nmeter_channel = 9"],
+            "connector[1].meter_channel",
+            "must be between 1 and 8",
+        ),
+        (
+            ["id = 1\nrelay_pin = 5\nmeter_channel = 2", "id = 2\nrelay_pin = 6"],
+            "connector[2].meter_channel",
+            "is connector[1]'s meter_channel too",
+        ),
+        (["id = 1\nrelay_pin = 5\nrelya_pin = 6"], "connector[1].relya_pin", "unknown key"),
+    ],
+)
+def test_bad_connector_tables_are_named_by_position(
+    tmp_path: Path, tables: list[str], key: str, reason: str
+) -> None:
+    err = error_for(tmp_path, connectors(*tables))
+    assert err.key == key
+    assert reason in err.reason
+
+
+@pytest.mark.parametrize("text", ["connector = 5\n", "[connector]\nid = 1\n", "connector = []\n"])
+def test_connector_must_be_an_array_of_tables(tmp_path: Path, text: str) -> None:
+    err = error_for(tmp_path, text + MINIMAL)
+    assert (err.key, err.reason) == ("connector", "must be [[connector]] tables")
+
+
+def test_the_single_relay_must_not_share_a_pin(tmp_path: Path) -> None:
+    err = error_for(tmp_path, MINIMAL + "[hardware]\nrelay_pin = 22\n")
+    assert (err.key, err.reason) == ("hardware.relay_pin", "is hardware.red_led_pin too")
+
+
+# -- [ocpp] --------------------------------------------------------------------------------
+
+
+def test_ocpp_keys_are_kept_in_canonical_ocpp_form(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            connectors("id = 1\nrelay_pin = 5", "id = 2\nrelay_pin = 6")
+            + "[ocpp]\nLocalPreAuthorize = true\nMeterValueSampleInterval = 0\n"
+            'MeterValuesSampledData = ["Voltage", "Current.Import"]\n'
+            'StopTxnSampledData = "Energy.Active.Import.Register, Voltage"\n'
+            'MeterValuesAlignedData = []\nConnectorPhaseRotation = ["0.RST", "2.RTS"]\n',
+        )
+    )
+    assert config.ocpp == (
+        ("LocalPreAuthorize", "true"),
+        ("MeterValueSampleInterval", "0"),
+        ("MeterValuesSampledData", "Voltage,Current.Import"),
+        ("StopTxnSampledData", "Energy.Active.Import.Register,Voltage"),
+        ("MeterValuesAlignedData", ""),
+        ("ConnectorPhaseRotation", "0.RST,2.RTS"),
+    )
+    hash(config)  # frozen all the way down
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "reason"),
+    [
+        ("HeartbeatIntervall = 5", "ocpp.HeartbeatIntervall", "did you mean HeartbeatInterval?"),
+        ("heartbeatinterval = 5", "ocpp.heartbeatinterval", "did you mean HeartbeatInterval?"),
+        ("Foo = 1", "ocpp.Foo", "is not an OCPP configuration key this charge point supports"),
+        ("ReserveConnectorZeroSupported = true", "ocpp.ReserveConnectorZeroSupported", "not an"),
+        ("NumberOfConnectors = 2", "ocpp.NumberOfConnectors", "is read-only"),
+        ("GetConfigurationMaxKeys = 10", "ocpp.GetConfigurationMaxKeys", "is read-only"),
+        ("SupportedFeatureProfiles = ['Core']", "ocpp.SupportedFeatureProfiles", "is read-only"),
+        ("LocalAuthorizeOffline = 'true'", "ocpp.LocalAuthorizeOffline", "must be bool, got str"),
+        ("HeartbeatInterval = '300'", "ocpp.HeartbeatInterval", "must be int, got str"),
+        ("HeartbeatInterval = true", "ocpp.HeartbeatInterval", "must be int, got bool"),
+        ("HeartbeatInterval = 1.5", "ocpp.HeartbeatInterval", "must be int, got float"),
+        ("HeartbeatInterval = 0", "ocpp.HeartbeatInterval", "must be between 1 and 86400, got 0"),
+        ("MeterValueSampleInterval = -1", "ocpp.MeterValueSampleInterval", "between 0 and 86400"),
+        ("MeterValuesSampledData = ['SoC']", "ocpp.MeterValuesSampledData", "'SoC' is not"),
+        ("MeterValuesSampledData = 5", "ocpp.MeterValuesSampledData", "must be a list of strings"),
+        ("MeterValuesSampledData = [1]", "ocpp.MeterValuesSampledData", "must be a list of"),
+        ("MeterValuesSampledData = ['Voltage,SoC']", "ocpp.MeterValuesSampledData", "commas"),
+        ("MeterValuesSampledData = 'Voltage,Voltage'", "ocpp.MeterValuesSampledData", "twice"),
+        ("ConnectorPhaseRotation = '2.RST'", "ocpp.ConnectorPhaseRotation", "no connector 2"),
+    ],
+)
+def test_bad_ocpp_keys_name_key_and_reason(
+    tmp_path: Path, line: str, key: str, reason: str
+) -> None:
+    err = error_for(tmp_path, MINIMAL + f"[ocpp]\n{line}\n")
+    assert err.key == key
+    assert reason in err.reason
 
 
 # -- the CLI: exit 2, file + key + reason on stderr, for every command ---------------------

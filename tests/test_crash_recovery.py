@@ -101,5 +101,7 @@ def test_kill_9_mid_session_is_closed_as_power_loss_at_the_next_start(daemon: Da
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     ((cp_id, boots_after),) = query(csms_db, "SELECT id, last_boot_at FROM charge_points")
     assert cp_id == CP and boots_after is not None
-    (status,) = query(csms_db, "SELECT status FROM connectors WHERE charge_point_id = ?", CP)
+    (status,) = query(
+        csms_db, "SELECT status FROM connectors WHERE charge_point_id = ? AND connector_id = 1", CP
+    )
     assert status == ("Available",)

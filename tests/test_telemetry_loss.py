@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from daemon_harness import query
+
+from edgepoint.chargepoint.authorizer import Authorizer
+from edgepoint.chargepoint.settings import Settings
 from edgepoint.charging.actions import ConnectorStatus
+from edgepoint.charging.authorization import TagEntry
 from edgepoint.charging.connector import Connector, Phase
 from edgepoint.charging.events import AuthorizationStatus, IdTag, TokenPresented
 from edgepoint.clock import SystemClock
 from edgepoint.config import HardwareConfig
 from edgepoint.drivers.panel import Panel
 from edgepoint.drivers.telemetry import Esp32Emulator, SerialTelemetryReader, open_pty
-from edgepoint.kiosk import Kiosk, new_session_id
+from edgepoint.kiosk import ConnectorSetup, Kiosk, new_session_id
+from edgepoint.storage.auth_lists import AuthListStore
 from edgepoint.storage.chargepoint import ChargePointStore
 
 pytestmark = pytest.mark.timeout(20)
@@ -37,25 +45,17 @@ HARDWARE = HardwareConfig(
 )
 
 
-@dataclass
-class RecordingCsms:
-    """Stands in for the OCPP link, which is not what this test is about (the outbox
-    delivery tests cover it against the real CSMS): it accepts every card and records
-    the statuses the kiosk reports. Everything else here is real: the ESP32 emulator on
-    a pty, the serial reader, the kiosk, the connector, the panel on MockFactory pins
-    and the SQLite store."""
+class OfflineCsms:
+    """The CSMS is out of reach: taps are decided by the local list (LocalAuthorizeOffline).
 
-    statuses: list[tuple[ConnectorStatus, str]] = field(default_factory=list)
-    wakes: int = 0
+    The OCPP link is not what this test is about (the outbox tests cover it); everything
+    else here is real: the ESP32 emulator on a pty, the serial reader, the kiosk, the
+    connector, the authorizer with its SQLite lists, the panel on MockFactory pins."""
 
-    async def authorize(self, id_tag: IdTag) -> AuthorizationStatus:
-        return AuthorizationStatus.ACCEPTED
+    online = False
 
-    def report_status(self, status: ConnectorStatus, error_code: str = "NoError") -> None:
-        self.statuses.append((status, error_code))
-
-    def wake_outbox(self) -> None:
-        self.wakes += 1
+    async def authorize(self, id_tag: str, deadline_s: float) -> dict[str, Any] | None:
+        return None
 
 
 @dataclass
@@ -64,7 +64,17 @@ class Rig:
     panel: Panel
     esp32: Esp32Emulator
     store: ChargePointStore
-    csms: RecordingCsms
+
+    async def statuses(self) -> list[tuple[str, str]]:
+        """The StatusNotifications of connector 1 queued for the CSMS, in order."""
+        rows = query(
+            self.store_path,
+            "SELECT payload FROM outbox WHERE action = 'StatusNotification' ORDER BY seq",
+        )
+        found = [json.loads(payload) for (payload,) in rows]
+        return [(p["status"], p["errorCode"]) for p in found if p["connectorId"] == 1]
+
+    store_path: Path = Path()
 
 
 async def eventually(what: str, check: Callable[[], bool], within: float = 5) -> float:
@@ -82,20 +92,23 @@ async def eventually(what: str, check: Callable[[], bool], within: float = 5) ->
 async def rig_fixture(tmp_path: Path) -> AsyncIterator[Rig]:
     store = await ChargePointStore.open(tmp_path / "edgepoint.db")
     panel = Panel.simulated(HARDWARE)
-    csms = RecordingCsms()
+    lists = AuthListStore(store.db)
+    await lists.replace_local_list(1, {CARD: TagEntry(AuthorizationStatus.ACCEPTED)})
+    clock = SystemClock()
+    authorizer = Authorizer(lists, OfflineCsms(), Settings(), clock, deadline_s=1)
     kiosk = Kiosk(
-        Connector(new_session_id, meter_value_interval_s=0.2),
+        [ConnectorSetup(1, Connector(new_session_id, meter_value_interval_s=0.2))],
         store,
         panel,
-        csms,
-        SystemClock(),
+        authorizer,
+        clock,
         telemetry_timeout_s=TIMEOUT_S,
     )
     master_fd, slave_path = open_pty()
     # 36 kW and a frame every 50 ms: the register rises about half a Wh per frame.
     esp32 = Esp32Emulator(
         master_fd,
-        relay_closed=lambda: panel.relay_closed,
+        relay_closed=lambda: panel.is_relay_closed(1),
         charge_power_w=36_000,
         interval_s=0.05,
         energy_wh=50_000,
@@ -107,7 +120,7 @@ async def rig_fixture(tmp_path: Path) -> AsyncIterator[Rig]:
         asyncio.create_task(kiosk.run()),
     ]
     try:
-        yield Rig(kiosk, panel, esp32, store, csms)
+        yield Rig(kiosk, panel, esp32, store, tmp_path / "edgepoint.db")
     finally:
         for task in tasks:
             task.cancel()
@@ -122,16 +135,16 @@ async def rig_fixture(tmp_path: Path) -> AsyncIterator[Rig]:
 
 async def test_silent_esp32_opens_the_relay_ends_the_session_and_faults(rig: Rig) -> None:
     kiosk = rig.kiosk
-    await eventually("first telemetry", lambda: kiosk.snapshot().last_sample is not None)
+    await eventually("first telemetry", lambda: kiosk.snapshot().connectors[0].last_sample is not None)
     kiosk.publish(TokenPresented(CARD))
     # The relay closes after the session is stored, a moment after the phase changes.
-    await eventually("charging", lambda: kiosk.snapshot().status is ConnectorStatus.CHARGING)
-    assert kiosk.connector.phase is Phase.CHARGING and rig.panel.relay_closed
-    session = kiosk.connector.session
+    await eventually("charging", lambda: kiosk.snapshot().connectors[0].status is ConnectorStatus.CHARGING)
+    assert kiosk.connector(1).phase is Phase.CHARGING and rig.panel.is_relay_closed(1)
+    session = kiosk.connector(1).session
     assert session is not None
 
     def energy() -> int:
-        sample = kiosk.snapshot().last_sample
+        sample = kiosk.snapshot().connectors[0].last_sample
         assert sample is not None
         return sample.energy_wh
 
@@ -142,66 +155,63 @@ async def test_silent_esp32_opens_the_relay_ends_the_session_and_faults(rig: Rig
     silent_since = loop.time()
     await asyncio.sleep(0.1)  # a frame already on the wire may still arrive
     last_trusted = energy()
-    assert kiosk.connector.phase is Phase.CHARGING and rig.panel.relay_closed
+    assert kiosk.connector(1).phase is Phase.CHARGING and rig.panel.is_relay_closed(1)
     # The phase flips when the connector decides; the status once its actions are done.
-    await eventually("faulted", lambda: kiosk.snapshot().status is ConnectorStatus.FAULTED)
+    await eventually("faulted", lambda: kiosk.snapshot().connectors[0].status is ConnectorStatus.FAULTED)
     took = loop.time() - silent_since
     # The watchdog polls every timeout/4 (capped at 0.5 s), so it fires within that of it.
     assert TIMEOUT_S * 0.8 <= took <= TIMEOUT_S + 0.5
-    assert rig.panel.relay_closed is False
-    snapshot = kiosk.snapshot()
+    assert rig.panel.is_relay_closed(1) is False
+    snapshot = kiosk.snapshot().connectors[0]
     assert snapshot.telemetry_lost and snapshot.status is ConnectorStatus.FAULTED
-    assert rig.csms.statuses[-1] == (ConnectorStatus.FAULTED, "OtherError")
+    assert (await rig.statuses())[-1] == ("Faulted", "OtherError")
 
     row = await rig.store.session(session.session_id)
     assert row is not None
     assert (row.state, row.stop_reason) == ("stopped", "Other")
     # Closed with the last reading it could trust, not what flowed while it was blind.
     assert row.meter_stop_wh == last_trusted
-    assert await rig.store.open_session() is None
-    actions = []
-    while (entry := await rig.store.outbox_head()) is not None:
-        actions.append(entry.action)
-        if entry.action == "StopTransaction":
-            assert entry.payload["reason"] == "Other"
-            assert entry.payload["meter_stop"] == last_trusted
-            assert "id_tag" not in entry.payload
-        await rig.store.delivered(entry)
-    assert actions[0] == "StartTransaction" and actions[-1] == "StopTransaction"
+    assert await rig.store.open_sessions() == []
+    queued = query(rig.store_path, "SELECT action, payload FROM outbox ORDER BY seq")
+    billing = [(action, json.loads(p)) for action, p in queued if action != "StatusNotification"]
+    assert billing[0][0] == "StartTransaction" and billing[-1][0] == "StopTransaction"
+    stop = billing[-1][1]
+    assert stop["reason"] == "Other" and stop["meterStop"] == last_trusted
+    assert "idTag" not in stop
 
     # Faulted refuses a new session: the relay stays open.
     kiosk.publish(TokenPresented(CARD))
     await asyncio.sleep(0.2)
-    assert kiosk.connector.phase is Phase.FAULTED and rig.panel.relay_closed is False
+    assert kiosk.connector(1).phase is Phase.FAULTED and rig.panel.is_relay_closed(1) is False
 
     rig.esp32.resume()  # plugged back in
-    await eventually("available again", lambda: kiosk.connector.phase is Phase.AVAILABLE)
-    assert rig.csms.statuses[-1] == (ConnectorStatus.AVAILABLE, "NoError")
-    assert kiosk.snapshot().telemetry_lost is False
-    assert rig.panel.relay_closed is False
-    assert kiosk.connector.session is None
+    await eventually("available again", lambda: kiosk.connector(1).phase is Phase.AVAILABLE)
+    assert (await rig.statuses())[-1] == ("Available", "NoError")
+    assert kiosk.snapshot().connectors[0].telemetry_lost is False
+    assert rig.panel.is_relay_closed(1) is False
+    assert kiosk.connector(1).session is None
     # And it stays Available while telemetry keeps coming.
     await asyncio.sleep(TIMEOUT_S * 1.5)
-    assert kiosk.connector.phase is Phase.AVAILABLE
-    assert [s for s, _ in rig.csms.statuses] == [
-        ConnectorStatus.AVAILABLE,
-        ConnectorStatus.PREPARING,
-        ConnectorStatus.CHARGING,
-        ConnectorStatus.FAULTED,
-        ConnectorStatus.AVAILABLE,
+    assert kiosk.connector(1).phase is Phase.AVAILABLE
+    assert [s for s, _ in await rig.statuses()] == [
+        "Available",
+        "Preparing",
+        "Charging",
+        "Faulted",
+        "Available",
     ]
 
 
 async def test_silent_esp32_while_idle_faults_without_a_session(rig: Rig) -> None:
     kiosk = rig.kiosk
-    await eventually("first telemetry", lambda: kiosk.snapshot().last_sample is not None)
+    await eventually("first telemetry", lambda: kiosk.snapshot().connectors[0].last_sample is not None)
     rig.esp32.pause()
     # The phase flips when the connector decides; the status once its actions are done.
-    await eventually("faulted", lambda: kiosk.snapshot().status is ConnectorStatus.FAULTED)
-    assert rig.panel.relay_closed is False
-    assert rig.csms.statuses[-1] == (ConnectorStatus.FAULTED, "OtherError")
-    assert await rig.store.outbox_depth() == 0
+    await eventually("faulted", lambda: kiosk.snapshot().connectors[0].status is ConnectorStatus.FAULTED)
+    assert rig.panel.is_relay_closed(1) is False
+    assert (await rig.statuses())[-1] == ("Faulted", "OtherError")
+    assert query(rig.store_path, "SELECT COUNT(*) FROM sessions") == [(0,)]
     rig.esp32.resume()
-    await eventually("available again", lambda: kiosk.connector.phase is Phase.AVAILABLE)
+    await eventually("available again", lambda: kiosk.connector(1).phase is Phase.AVAILABLE)
     kiosk.publish(TokenPresented(CARD))
-    await eventually("charging after recovery", lambda: rig.panel.relay_closed)
+    await eventually("charging after recovery", lambda: rig.panel.is_relay_closed(1))

@@ -1,4 +1,10 @@
-"""The charge point's OCPP 1.6J link: connect, boot, heartbeat, statuses and the outbox."""
+"""The charge point's OCPP 1.6J connection to its CSMS: connect, boot, heartbeat, carry calls.
+
+The link only keeps a connection alive and moves frames over it (through ocppj.Endpoint);
+what to answer is chargepoint/commands.py's, what to send and when is the outbox's and
+the kiosk's. Any failure of a connection, expected or not, ends that connection only:
+the link waits a jittered back-off and connects again, and it is itself supervised.
+"""
 
 from __future__ import annotations
 
@@ -6,35 +12,38 @@ import asyncio
 import base64
 import contextlib
 import logging
-from collections import deque
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-import websockets
-from ocpp.v16 import ChargePoint as OcppChargePoint
-from ocpp.v16 import call
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
 from websockets.typing import Subprotocol
 
 from edgepoint import __version__
 from edgepoint.backoff import exponential
-from edgepoint.chargepoint.outbox import REFUSED, OutboxSender, TransactionStarted
-from edgepoint.charging.actions import ConnectorStatus
-from edgepoint.charging.events import AuthorizationStatus, IdTag
-from edgepoint.clock import Clock, iso_utc
+from edgepoint.chargepoint.boot import Registration, on_boot_reply
+from edgepoint.chargepoint.settings import Settings
+from edgepoint.clock import Clock
 from edgepoint.config import ChargePointConfig, StationConfig
-from edgepoint.storage.chargepoint import ChargePointStore
+from edgepoint.logthrottle import ThrottledLog
+from edgepoint.ocppj.endpoint import Endpoint, EndpointStats, Handler, Priority, Reply
+from edgepoint.ocppj.errors import (
+    CallErrorReceived,
+    ConnectionLost,
+    ErrorCode,
+    InvalidReply,
+    Refusal,
+)
+from edgepoint.ocppj.validation import parse_datetime
 
 log = logging.getLogger(__name__)
 
-# Until the CSMS tells us otherwise (BootNotification.conf), retry boot this often.
-DEFAULT_BOOT_RETRY_S = 10
-
-
-_Status = tuple[ConnectorStatus, str, datetime]
+SUBPROTOCOL = Subprotocol("ocpp1.6")
+# A SendLocalList of a few thousand cards is the largest thing a CSMS sends us.
+MAX_FRAME_BYTES = 1 << 20
 
 
 class LinkState(StrEnum):
@@ -42,7 +51,9 @@ class LinkState(StrEnum):
 
     DISCONNECTED = "disconnected"
     CONNECTING = "connecting"
-    BOOTING = "booting"  # connected, BootNotification not yet Accepted
+    BOOTING = "booting"  # connected, BootNotification not (yet) Accepted
+    PENDING = "pending"  # BootNotification answered Pending
+    REJECTED = "rejected"  # BootNotification answered Rejected
     ONLINE = "online"
     CLOSED = "closed"
 
@@ -56,49 +67,55 @@ class LinkSnapshot:
     heartbeat_interval: int | None
     connects: int
     last_error: str
+    stray_replies: int
+    bad_frames: int
 
 
-class CsmsClient(OcppChargePoint):  # type: ignore[misc]
-    """Our side of the OCPP conversation; CSMS-initiated requests get their handlers here."""
+async def _refuse_all(action: str, payload: dict[str, Any]) -> Reply:
+    raise Refusal(ErrorCode.NOT_SUPPORTED, f"{action} is not handled")
 
 
 class CsmsLink:
-    """Keeps one OCPP connection to the CSMS alive and carries the kiosk's messages over it."""
+    """Keeps one OCPP connection to the CSMS alive and carries calls over it."""
 
     def __init__(
         self,
         station: StationConfig,
         config: ChargePointConfig,
         auth_key: str | None,
-        store: ChargePointStore,
+        settings: Settings,
         clock: Clock,
-        connector_id: int = 1,
+        *,
         backoff: Callable[[int], float] | None = None,
+        adopt_time: Callable[[Any], bool] | None = None,
     ) -> None:
         self._station = station
         self._config = config
         self._auth_key = auth_key
-        self._store = store
+        self._settings = settings
         self._clock = clock
-        self._connector_id = connector_id
         self._backoff = backoff or (lambda n: exponential(n, cap_s=config.reconnect_max_s))
+        self._adopt_time = adopt_time or (lambda _: False)
+        self.handler: Handler = _refuse_all
+        # Called once the CSMS accepted us on a connection; `True` the first time only.
+        self.on_online: Callable[[bool], None] = lambda first: None
         self._watchers: set[Callable[[], None]] = set()
         self._state = LinkState.DISCONNECTED
-        self.outbox_wake = asyncio.Event()
-        self.on_transaction_started: TransactionStarted = lambda *_: None
-        # (status, error code, when it changed): the timestamp sent is the change's, even
-        # when the message goes out later (behind a slow call, or after a reconnect).
-        self._status: _Status = (ConnectorStatus.AVAILABLE, "NoError", clock.utc_now())
-        # Every change is reported in order (Preparing then Charging), not just the last.
-        self._pending_statuses: deque[_Status] = deque()
-        self._status_dirty = asyncio.Event()
-        self._peer: CsmsClient | None = None
+        self._registered = False  # BootNotification accepted once in this process
+        self._endpoint: Endpoint | None = None
         self._ws: ClientConnection | None = None
+        self._online = asyncio.Event()
         self._heartbeat_interval: int | None = None
+        self._heartbeat_changed = asyncio.Event()
         self._connects = 0
         self._last_error = ""
+        self._stats = EndpointStats()
+        self._went_online = False
         self._closing = False
         self._close_requested = asyncio.Event()
+        self._throttled = ThrottledLog(log)
+
+    # -- state ---------------------------------------------------------------------
 
     @property
     def state(self) -> LinkState:
@@ -106,10 +123,23 @@ class CsmsLink:
 
     @state.setter
     def state(self, state: LinkState) -> None:
+        if state is not LinkState.ONLINE:
+            self._online.clear()
         if state is not self._state:
             self._state = state
             for notify in list(self._watchers):
                 notify()
+        if state is LinkState.ONLINE:
+            self._online.set()
+
+    @property
+    def online(self) -> bool:
+        return self._state is LinkState.ONLINE
+
+    @property
+    def registered(self) -> bool:
+        """The CSMS accepted our BootNotification (CSMS requests may be answered)."""
+        return self._registered
 
     def watch(self, notify: Callable[[], None]) -> Callable[[], None]:
         """Call `notify` whenever the link state changes; returns a function that unwatches."""
@@ -121,78 +151,117 @@ class CsmsLink:
         return f"{self._config.csms_url}/{self._station.id}"
 
     def snapshot(self) -> LinkSnapshot:
+        stats = self._endpoint.stats if self._endpoint is not None else self._stats
         return LinkSnapshot(
-            self.state, self.url, self._heartbeat_interval, self._connects, self._last_error
+            self.state,
+            self.url,
+            self._heartbeat_interval,
+            self._connects,
+            self._last_error,
+            stats.stray_replies,
+            stats.bad_frames,
         )
 
-    # -- what the kiosk calls ----------------------------------------------------
+    # -- what the rest of the charge point calls ------------------------------------
 
-    async def authorize(self, id_tag: IdTag) -> AuthorizationStatus:
-        """Ask the CSMS about a card; Unavailable when offline or it does not answer."""
-        peer = self._peer
-        if peer is None or self.state is not LinkState.ONLINE:
-            return AuthorizationStatus.UNAVAILABLE
+    async def wait_online(self) -> None:
+        await self._online.wait()
+
+    async def call(
+        self,
+        action: str,
+        payload: dict[str, Any],
+        *,
+        unique_id: str | None = None,
+        priority: Priority = Priority.NORMAL,
+        reply_timeout_s: float | None = None,
+    ) -> dict[str, Any]:
+        """One CALL over the current connection; ConnectionLost when there is none."""
+        endpoint = self._endpoint
+        if endpoint is None or (not self.online and action != "BootNotification"):
+            raise ConnectionLost("CSMS link is not online")
+        return await endpoint.call(
+            action,
+            payload,
+            reply_timeout_s=reply_timeout_s or self._config.response_timeout,
+            priority=priority,
+            unique_id=unique_id,
+        )
+
+    async def authorize(self, id_tag: str, deadline_s: float) -> dict[str, Any] | None:
+        """The CSMS's idTagInfo for a card, or None when it cannot answer within the deadline.
+
+        The deadline covers waiting for the call slot too (a MeterValues in flight), so a
+        driver never waits longer than it, whatever the network does.
+        """
+        if not self.online:
+            return None
         try:
-            result = await peer.call(call.Authorize(id_tag=id_tag), suppress=False)
-        except (*REFUSED, TimeoutError, websockets.ConnectionClosed) as err:
-            log.warning("Authorize for a card failed: %s", type(err).__name__)
-            return AuthorizationStatus.UNAVAILABLE
-        try:
-            return AuthorizationStatus(result.id_tag_info["status"])
-        except (KeyError, ValueError):
-            return AuthorizationStatus.INVALID
+            async with asyncio.timeout(deadline_s):
+                reply = await self.call(
+                    "Authorize",
+                    {"idTag": id_tag},
+                    priority=Priority.URGENT,
+                    reply_timeout_s=deadline_s,
+                )
+        except (TimeoutError, ConnectionLost, CallErrorReceived, InvalidReply) as err:
+            self._throttled.log(
+                logging.WARNING,
+                f"authorize {type(err).__name__}",
+                "Authorize got no usable answer (%s): offline rules decide",
+                type(err).__name__,
+            )
+            return None
+        info: dict[str, Any] = reply["idTagInfo"]
+        return info
 
-    def report_status(self, status: ConnectorStatus, error_code: str = "NoError") -> None:
-        """Remember the newest status; the link sends it now or right after the next boot."""
-        self._status = (status, error_code, self._clock.utc_now())
-        if self.state is LinkState.ONLINE:
-            self._pending_statuses.append(self._status)
-            self._status_dirty.set()
+    async def send_heartbeat(self) -> None:
+        reply = await self.call("Heartbeat", {}, priority=Priority.LOW)
+        self._take_time(reply.get("currentTime"))
 
-    def wake_outbox(self) -> None:
-        self.outbox_wake.set()
+    async def send_boot(self) -> None:
+        """A BootNotification outside the boot sequence (TriggerMessage)."""
+        reply = await self.call("BootNotification", self._boot_payload())
+        outcome = on_boot_reply(reply, self._settings.integer("HeartbeatInterval"))
+        if outcome.registration is Registration.ACCEPTED:
+            self._set_heartbeat(outcome.interval_s)
+
+    def heartbeat_interval_changed(self) -> None:
+        """HeartbeatInterval was changed by the CSMS: the next beat follows it."""
+        self._heartbeat_interval = self._settings.integer("HeartbeatInterval")
+        self._heartbeat_changed.set()
 
     # -- the connection loop ----------------------------------------------------
 
     async def run(self) -> None:
-        """Connect, and reconnect with back-off, until close() or cancellation."""
+        """Connect, and reconnect with jittered back-off, until close() or cancellation."""
         attempt = 0
         while not self._closing:
             self.state = LinkState.CONNECTING
+            accepted = False
             try:
-                async with connect(
-                    self.url,
-                    subprotocols=[Subprotocol("ocpp1.6")],
-                    additional_headers=self._headers(),
-                    open_timeout=10,
-                    close_timeout=2,
-                    proxy=None,
-                ) as ws:
-                    if ws.subprotocol != "ocpp1.6":
-                        raise ConnectionError("CSMS did not agree to subprotocol ocpp1.6")
-                    self._ws = ws
-                    self._connects += 1
-                    attempt = 0
-                    # close() may have come while the connection was being opened.
-                    if self._closing:
-                        await ws.close(code=1000, reason="charge point shutting down")
-                    else:
-                        await self._converse(ws)
-            except* (OSError, TimeoutError, websockets.WebSocketException, *REFUSED) as group:
-                err = group.exceptions[0]
-                self._last_error = f"{type(err).__name__}: {err}"
+                accepted = await self._connect_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # any failure costs this connection, never the daemon
+                accepted = self._went_online
+                self._last_error = _describe(err)[:300]
                 if not self._closing:
-                    log.warning("CSMS link down: %s", self._last_error)
-            finally:
-                self._ws = None
-                self._peer = None
+                    self._throttled.log(
+                        logging.WARNING,
+                        f"down {type(err).__name__}",
+                        "CSMS link down: %s",
+                        self._last_error,
+                    )
             if self._closing:
                 break
             self.state = LinkState.DISCONNECTED
-            # Wait out the back-off, unless close() asks us to stop sooner.
+            # The back-off resets only once a BootNotification was accepted on the
+            # connection: a CSMS that accepts the socket and then fails must not be
+            # hammered.
+            attempt = 0 if accepted else attempt + 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._close_requested.wait(), self._backoff(attempt))
-            attempt += 1
         self.state = LinkState.CLOSED
 
     async def close(self) -> None:
@@ -201,7 +270,20 @@ class CsmsLink:
         self._close_requested.set()
         ws = self._ws
         if ws is not None:
-            await ws.close(code=1000, reason="charge point shutting down")
+            with contextlib.suppress(Exception):
+                await ws.close(code=1000, reason="charge point shutting down")
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if not self._config.csms_url.startswith("wss://"):
+            return None
+        context = ssl.create_default_context(
+            cafile=None if self._config.ca_file is None else str(self._config.ca_file)
+        )
+        if self._config.client_cert_file is not None and self._config.client_key_file is not None:
+            context.load_cert_chain(
+                str(self._config.client_cert_file), str(self._config.client_key_file)
+            )
+        return context
 
     def _headers(self) -> dict[str, str]:
         if not self._auth_key:
@@ -209,66 +291,145 @@ class CsmsLink:
         token = base64.b64encode(f"{self._station.id}:{self._auth_key}".encode()).decode()
         return {"Authorization": f"Basic {token}"}
 
-    async def _converse(self, ws: ClientConnection) -> None:
-        peer = CsmsClient(self._station.id, ws, response_timeout=self._config.response_timeout)
-        async with asyncio.TaskGroup() as tg:
-            receiving = tg.create_task(peer.start())
+    async def _connect_once(self) -> bool:
+        """One connection from open to close; True if the CSMS accepted us on it."""
+        ping = self._settings.integer("WebSocketPingInterval")
+        async with connect(
+            self.url,
+            subprotocols=[SUBPROTOCOL],
+            additional_headers=self._headers(),
+            ssl=self._tls(),
+            open_timeout=max(5.0, self._config.response_timeout),
+            ping_interval=ping or None,
+            ping_timeout=(ping or None) and max(5, ping),
+            close_timeout=2,
+            max_size=MAX_FRAME_BYTES,
+            proxy=None,
+        ) as ws:
+            if ws.subprotocol != SUBPROTOCOL:
+                raise ConnectionError("CSMS did not agree to subprotocol ocpp1.6")
+            self._ws = ws
+            self._connects += 1
+            try:
+                if self._closing:
+                    await ws.close(code=1000, reason="charge point shutting down")
+                    return False
+                return await self._converse(ws)
+            finally:
+                self._ws = None
+
+    async def _converse(self, ws: ClientConnection) -> bool:
+        endpoint = Endpoint(ws, self._handle, name="CSMS", logger=log)
+        self._endpoint = endpoint
+        receiving = asyncio.create_task(endpoint.run(), name="csms receive")
+        session = asyncio.create_task(self._session(), name="csms session")
+        self._went_online = False
+        try:
+            done, _ = await asyncio.wait(
+                {receiving, session}, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                task.result()  # raise what ended the connection
+            return self._went_online
+        finally:
+            self.state = LinkState.DISCONNECTED
+            self._stats = endpoint.stats
+            self._endpoint = None
+            for task in (receiving, session):
+                task.cancel()
+            await asyncio.gather(receiving, session, return_exceptions=True)
+
+    async def _handle(self, action: str, payload: dict[str, Any]) -> Reply:
+        if self.state is LinkState.REJECTED:
+            # OCPP 1.6 §4.2: while rejected, the charge point does not act on requests.
+            raise Refusal(ErrorCode.GENERIC_ERROR, "not accepted by the central system")
+        return await self.handler(action, payload)
+
+    async def _session(self) -> None:
+        """Boot (once per process), then stay online with heartbeats until cancelled."""
+        first = not self._registered
+        if first:
+            await self._boot()
+        self.state = LinkState.ONLINE
+        self._went_online = True
+        self.on_online(first)
+        while True:
+            interval = self._heartbeat_interval or self._settings.integer("HeartbeatInterval")
+            self._heartbeat_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._heartbeat_changed.wait(), interval)
+                continue  # interval changed: start a new wait
+            try:
+                await self.send_heartbeat()
+            except (TimeoutError, CallErrorReceived, InvalidReply) as err:
+                self._throttled.log(logging.WARNING, "heartbeat", "Heartbeat failed: %s", err)
+
+    async def _boot(self) -> None:
+        """Send BootNotification until Accepted; nothing else goes out before (OCPP 4.2)."""
+        while True:
             self.state = LinkState.BOOTING
-            interval = await self._boot(peer)
-            self._heartbeat_interval = interval
-            self._peer = peer
-            self.state = LinkState.ONLINE
-            log.info("CSMS accepted boot; heartbeat every %d s", interval)
-            sender = OutboxSender(
-                self._store, self._clock, self.outbox_wake, self.on_transaction_started
+            try:
+                reply = await self._call_boot()
+            except (CallErrorReceived, InvalidReply, TimeoutError) as err:
+                self._throttled.log(logging.WARNING, "boot", "BootNotification failed: %s", err)
+                await asyncio.sleep(self._backoff(1))
+                continue
+            outcome = on_boot_reply(reply, self._settings.integer("HeartbeatInterval"))
+            if outcome.csms_time is not None and self._adopt_time(outcome.csms_time):
+                log.warning("system clock not set: using the CSMS's time %s", outcome.csms_time)
+            if outcome.registration is Registration.ACCEPTED:
+                self._registered = True
+                self._set_heartbeat(outcome.interval_s)
+                log.info("CSMS accepted boot; heartbeat every %d s", outcome.interval_s)
+                return
+            self.state = (
+                LinkState.PENDING
+                if outcome.registration is Registration.PENDING
+                else LinkState.REJECTED
             )
-            # After every boot the CSMS learns where we stand now, not the history.
-            self._pending_statuses.clear()
-            self._pending_statuses.append(self._status)
-            self._status_dirty.set()
-            tg.create_task(self._heartbeat(peer, interval))
-            tg.create_task(self._send_statuses(peer))
-            tg.create_task(sender.run(peer))
-            # The receive loop ends only by an exception (the connection closed); the
-            # TaskGroup then cancels the other tasks and raises it to run().
-            await receiving
-
-    async def _boot(self, peer: CsmsClient) -> int:
-        """Send BootNotification until Accepted; nothing else may be sent before (OCPP 4.2)."""
-        while True:
-            result = await peer.call(
-                call.BootNotification(
-                    charge_point_vendor=self._station.vendor,
-                    charge_point_model=self._station.model,
-                    firmware_version=__version__,
-                ),
-                suppress=False,
+            log.warning(
+                "CSMS answered boot with %s; trying again in %d s",
+                outcome.registration,
+                outcome.interval_s,
             )
-            interval = int(result.interval) if result.interval else DEFAULT_BOOT_RETRY_S
-            if result.status == "Accepted":
-                return interval or DEFAULT_BOOT_RETRY_S
-            log.warning("CSMS answered boot with %s; retrying in %d s", result.status, interval)
-            await asyncio.sleep(interval)
+            await asyncio.sleep(outcome.interval_s)
 
-    async def _heartbeat(self, peer: CsmsClient, interval: int) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            await peer.call(call.Heartbeat(), suppress=False)
+    async def _call_boot(self) -> dict[str, Any]:
+        endpoint = self._endpoint
+        if endpoint is None:
+            raise ConnectionLost("no connection")
+        return await endpoint.call(
+            "BootNotification",
+            self._boot_payload(),
+            reply_timeout_s=self._config.response_timeout,
+        )
 
-    async def _send_statuses(self, peer: CsmsClient) -> None:
-        while True:
-            await self._status_dirty.wait()
-            self._status_dirty.clear()
-            while self._pending_statuses:
-                status, error_code, changed_at = self._pending_statuses.popleft()
-                request: Any = call.StatusNotification(
-                    connector_id=self._connector_id,
-                    error_code=error_code,
-                    status=status.value,
-                    timestamp=iso_utc(changed_at),
-                )
-                try:
-                    await peer.call(request, suppress=False)
-                except REFUSED as err:
-                    # A refused status must not tear the link down; the next change resends.
-                    log.warning("CSMS refused StatusNotification %s: %s", status, err)
+    def _boot_payload(self) -> dict[str, Any]:
+        return {
+            "chargePointVendor": self._station.vendor[:20],
+            "chargePointModel": self._station.model[:20],
+            "firmwareVersion": __version__,
+        }
+
+    def _set_heartbeat(self, interval_s: int) -> None:
+        # The CSMS's interval is the HeartbeatInterval from now on (OCPP 1.6 §4.2).
+        self._settings.change("HeartbeatInterval", str(interval_s))
+        self._heartbeat_interval = interval_s
+        self._heartbeat_changed.set()
+
+    def _take_time(self, current_time: object) -> None:
+        if not isinstance(current_time, str):
+            return
+        with contextlib.suppress(ValueError):
+            moment = parse_datetime(current_time)
+            if self._adopt_time(moment):
+                log.warning("system clock not set: using the CSMS's time %s", moment)
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, InvalidStatus):
+        return f"HTTP {err.response.status_code} on the WebSocket upgrade"
+    if isinstance(err, ssl.SSLError):
+        return f"TLS: {err.reason or err}"
+    return f"{type(err).__name__}: {err}"
+

@@ -1,54 +1,70 @@
-"""Build the keyword arguments of OCPP 1.6 requests, as stored in the outbox."""
+"""Build OCPP 1.6 request payloads in their wire form (camelCase), as the outbox stores them."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
+from edgepoint.charging.actions import ConnectorStatus
 from edgepoint.charging.events import IdTag, StopReason, TelemetrySample
 from edgepoint.clock import iso_utc
 
-# Stored in snake_case, the form `ocpp.v16.call.<Action>(**kwargs)` takes; the library
-# turns nested keys into camelCase on the wire. transactionId is absent on purpose: it
-# is only known once the CSMS confirmed StartTransaction, and is added at send time.
+# transactionId is absent from what the outbox stores for MeterValues and Stop: it is
+# known only once the CSMS confirmed the session's StartTransaction (which may happen
+# long after an offline start), and is added at send time.
+
+# Measurand -> (unit, how to read it off a sample).
+MEASURANDS: dict[str, tuple[str, str]] = {
+    "Energy.Active.Import.Register": ("Wh", "energy_wh"),
+    "Power.Active.Import": ("W", "power_w"),
+    "Current.Import": ("A", "current_a"),
+    "Voltage": ("V", "voltage_v"),
+    "Temperature": ("Celsius", "temperature_c"),
+}
+DEFAULT_MEASURANDS = tuple(MEASURANDS)
 
 
 def start_transaction(
     connector_id: int, id_tag: IdTag, meter_start_wh: int, at: datetime
 ) -> dict[str, Any]:
     return {
-        "connector_id": connector_id,
-        "id_tag": id_tag,
-        "meter_start": meter_start_wh,
+        "connectorId": connector_id,
+        "idTag": id_tag,
+        "meterStart": meter_start_wh,
         "timestamp": iso_utc(at),
     }
 
 
-def sampled_values(sample: TelemetrySample, context: str) -> list[dict[str, str]]:
+def sampled_values(
+    sample: TelemetrySample, context: str, measurands: tuple[str, ...] = DEFAULT_MEASURANDS
+) -> list[dict[str, str]]:
     """The telemetry sample as OCPP SampledValues (values are strings in OCPP 1.6)."""
-
-    def value(measurand: str, unit: str, number: float) -> dict[str, str]:
-        return {
-            "value": f"{number:g}" if isinstance(number, float) else str(number),
-            "context": context,
-            "measurand": measurand,
-            "unit": unit,
-        }
-
-    return [
-        value("Energy.Active.Import.Register", "Wh", sample.energy_wh),
-        value("Power.Active.Import", "W", sample.power_w),
-        value("Current.Import", "A", sample.current_a),
-        value("Voltage", "V", sample.voltage_v),
-        value("Temperature", "Celsius", sample.temperature_c),
-    ]
+    values = []
+    for measurand in measurands:
+        if measurand not in MEASURANDS:
+            continue
+        unit, attribute = MEASURANDS[measurand]
+        number = getattr(sample, attribute)
+        text = f"{number:g}" if isinstance(number, float) else str(number)
+        values.append({"value": text, "context": context, "measurand": measurand, "unit": unit})
+    return values
 
 
-def meter_values(connector_id: int, sample: TelemetrySample, at: datetime) -> dict[str, Any]:
+def meter_values(
+    connector_id: int,
+    sample: TelemetrySample,
+    at: datetime,
+    context: str = "Sample.Periodic",
+    measurands: tuple[str, ...] = DEFAULT_MEASURANDS,
+) -> dict[str, Any]:
     return {
-        "connector_id": connector_id,
-        "meter_value": [
-            {"timestamp": iso_utc(at), "sampled_value": sampled_values(sample, "Sample.Periodic")}
+        "connectorId": connector_id,
+        "meterValue": [
+            {
+                "timestamp": iso_utc(at),
+                "sampledValue": sampled_values(sample, context, measurands)
+                or sampled_values(sample, context, ("Energy.Active.Import.Register",)),
+            }
         ],
     }
 
@@ -57,10 +73,21 @@ def stop_transaction(
     id_tag: IdTag | None, meter_stop_wh: int, reason: StopReason, at: datetime
 ) -> dict[str, Any]:
     message: dict[str, Any] = {
-        "meter_stop": meter_stop_wh,
+        "meterStop": meter_stop_wh,
         "timestamp": iso_utc(at),
         "reason": reason.value,
     }
     if id_tag is not None:
-        message["id_tag"] = id_tag
+        message["idTag"] = id_tag
     return message
+
+
+def status_notification(
+    connector_id: int, status: ConnectorStatus, error_code: str, at: datetime
+) -> dict[str, Any]:
+    return {
+        "connectorId": connector_id,
+        "errorCode": error_code,
+        "status": status.value,
+        "timestamp": iso_utc(at),
+    }

@@ -1,158 +1,233 @@
-"""Deliver the outbox to the CSMS strictly in order, deleting an entry only once confirmed."""
+"""Deliver the outbox to the CSMS in order, exactly as stored, deleting a row only once confirmed."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ocpp.charge_point import remove_nones, serialize_as_dict, snake_to_camel_case
-from ocpp.exceptions import OCPPError, UnknownCallErrorCodeError
-from ocpp.messages import Call, validate_payload
-from ocpp.v16 import call
-
-from edgepoint.backoff import exponential
+from edgepoint.chargepoint.delivery import (
+    PARKED_RETRY_S,
+    Failure,
+    GiveUp,
+    Park,
+    Retry,
+    RetryPolicy,
+    after_failure,
+)
 from edgepoint.charging.events import SessionId
 from edgepoint.clock import Clock
-from edgepoint.storage.chargepoint import ChargePointStore, OutboxEntry
+from edgepoint.ocppj.errors import (
+    CallErrorReceived,
+    ConnectionLost,
+    InvalidMessage,
+    InvalidReply,
+)
+from edgepoint.storage.chargepoint import (
+    TRANSACTION_ACTIONS,
+    ChargePointStore,
+    OutboxEntry,
+    UnreadableRow,
+)
 
 log = logging.getLogger(__name__)
 
-# A CallError means the CSMS understood and refused the message; retrying the same bytes
-# rarely helps, but an InternalError can be transient, so give it a few tries.
-MAX_REFUSALS = 3
-NEEDS_TRANSACTION = ("MeterValues", "StopTransaction")
-# What `call(suppress=False)` raises when the CSMS answers with a CallError; the library
-# raises UnknownCallErrorCodeError (not an OCPPError) for a code OCPP does not define.
-REFUSED = (OCPPError, UnknownCallErrorCodeError)
-MAX_REASON = 2000
+
+class OnlineLink(Protocol):
+    """What the sender needs of the CSMS link."""
+
+    async def wait_online(self) -> None: ...
+
+    async def call(
+        self, action: str, payload: dict[str, Any], *, unique_id: str | None = None
+    ) -> dict[str, Any]: ...
 
 
-def describe(err: Exception) -> str:
-    """One line for logs and dead letters: the error code, its description and its cause."""
-    if not isinstance(err, OCPPError):
-        return f"{type(err).__name__}: {err}"[:MAX_REASON]
-    text = f"{err.code}: {err.description}"
-    cause = err.details.get("cause") if isinstance(err.details, dict) else None
-    if cause:
-        text += f" ({cause})"
-    return text[:MAX_REASON]
+StartConfirmed = Callable[[SessionId, int, dict[str, Any]], None]
+StopConfirmed = Callable[[SessionId, dict[str, Any] | None], None]
 
 
-async def invalid_request(request: Any) -> str | None:
-    """Why `request` fails the OCPP 1.6 schema, or None; a stored message never gets valid."""
-    message = Call(
-        unique_id="0",
-        action=type(request).__name__,
-        payload=remove_nones(snake_to_camel_case(serialize_as_dict(request))),
-    )
-    try:
-        await validate_payload(message, "1.6")
-    except OCPPError as err:
-        return describe(err)
-    return None
+@dataclass(frozen=True, slots=True)
+class SenderSnapshot:
+    """The sender as `status` shows it."""
 
-
-class Peer(Protocol):
-    """The part of ocpp's ChargePoint the sender uses."""
-
-    async def call(self, payload: Any, suppress: bool = ...) -> Any: ...
-
-
-TransactionStarted = Callable[[SessionId, int, str], None]
+    delivered: int
+    retries: int
+    alarms: tuple[str, ...]
+    # Reply received -> row deleted: the only window in which a crash causes a resend.
+    commit_window_ms_p50: float | None
+    commit_window_ms_max: float | None
 
 
 class OutboxSender:
-    """Pumps the outbox over one live connection; a new connection gets a new sender."""
+    """Pumps the outbox whenever the link is online; a supervised service of its own."""
 
     def __init__(
         self,
         store: ChargePointStore,
+        link: OnlineLink,
         clock: Clock,
-        wake: asyncio.Event,
-        on_started: TransactionStarted,
-        backoff: Callable[[int], float] = exponential,
+        retry_policy: Callable[[], RetryPolicy],
+        on_start_confirmed: StartConfirmed,
+        on_stop_confirmed: StopConfirmed,
+        sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
         self._store = store
+        self._link = link
         self._clock = clock
-        self._wake = wake
-        self._on_started = on_started
-        self._backoff = backoff
+        self._retry_policy = retry_policy
+        self._on_start = on_start_confirmed
+        self._on_stop = on_stop_confirmed
+        self._sleep = sleep
+        self.wake = asyncio.Event()
+        self._timeouts: dict[int, int] = {}
+        self._alarms: dict[int, str] = {}
+        self._windows: deque[float] = deque(maxlen=1000)
+        self._delivered = 0
+        self._retries = 0
+        self._unparked_at = -PARKED_RETRY_S
 
-    async def run(self, peer: Peer) -> None:
-        """Send until cancelled (the connection dropped); timeouts retry the same entry."""
-        failures = 0
+    def snapshot(self) -> SenderSnapshot:
+        windows = sorted(self._windows)
+        return SenderSnapshot(
+            self._delivered,
+            self._retries,
+            tuple(self._alarms.values()),
+            round(windows[len(windows) // 2] * 1000, 3) if windows else None,
+            round(windows[-1] * 1000, 3) if windows else None,
+        )
+
+    def commit_windows_s(self) -> list[float]:
+        return list(self._windows)
+
+    def reconnected(self) -> None:
+        """A new connection: give parked messages another round at once."""
+        self._unparked_at = -PARKED_RETRY_S
+        self.wake.set()
+
+    async def run(self) -> None:
+        """Deliver until cancelled; waits while the link is down or the queue is empty."""
         while True:
-            entry = await self._store.outbox_head()
-            if entry is None:
-                self._wake.clear()
-                # Re-check after clearing: an entry committed in between must not wait.
-                if await self._store.outbox_head() is None:
-                    await self._wake.wait()
+            await self._link.wait_online()
+            await self._unpark_when_due()
+            item = await self._store.outbox_next()
+            if item is None:
+                self.wake.clear()
+                # Re-check after clearing: a row committed in between must not wait.
+                if await self._store.outbox_next() is None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wake.wait(), PARKED_RETRY_S)
                 continue
-            try:
-                await self._deliver(peer, entry)
-                failures = 0
-            except TimeoutError:
-                # The CSMS did not answer: the message may or may not have arrived.
-                # Resending is safe because the CSMS de-duplicates; keep the order.
-                await self._store.failed_attempt(entry, "no answer (timeout)")
-                await asyncio.sleep(self._backoff(failures))
-                failures += 1
+            if isinstance(item, UnreadableRow):
+                await self._quarantine(item.seq, item.reason)
+                continue
+            await self._deliver(item)
 
-    async def _deliver(self, peer: Peer, entry: OutboxEntry) -> None:
-        kwargs = dict(entry.payload)
-        if entry.action in NEEDS_TRANSACTION:
-            transaction_id = (
-                None
-                if entry.session_id is None
-                else await self._store.transaction_id(entry.session_id)
-            )
+    async def _unpark_when_due(self) -> None:
+        now = self._clock.monotonic()
+        if now - self._unparked_at < PARKED_RETRY_S:
+            return
+        self._unparked_at = now
+        for parked in await self._store.outbox_parked():
+            if isinstance(parked, OutboxEntry):
+                await self._store.unpark(parked)
+
+    async def _deliver(self, entry: OutboxEntry) -> None:
+        payload = dict(entry.payload)
+        if entry.action in TRANSACTION_ACTIONS and entry.action != "StartTransaction":
+            assert entry.session_id is not None  # UnreadableRow otherwise
+            transaction_id = await self._store.transaction_id(entry.session_id)
             if transaction_id is None:
-                # FIFO: the session's StartTransaction went before this, so it is in
-                # the dead letters; without its id the CSMS cannot place this message.
-                reason = (
-                    f"its session {entry.session_id} has no transaction id: the"
-                    " StartTransaction was not accepted (see the dead letters)"
-                )
-                log.error("giving up on outbox #%d %s: %s", entry.seq, entry.action, reason)
-                await self._store.give_up(entry, reason, self._clock.utc_now())
+                # FIFO puts the session's Start first; it is gone only if it was
+                # quarantined. Keep this message (billing) parked with an alarm.
+                await self._fail(entry, Park("its StartTransaction was never confirmed"))
                 return
-            kwargs["transaction_id"] = transaction_id
-        # What we stored must become a request we would send; if it cannot (a payload
-        # from another version, a typo'd action), retrying is pointless and crashing the
-        # link would stop every later message: it is a dead letter at once.
+            payload["transactionId"] = transaction_id
         try:
-            request = getattr(call, entry.action)(**kwargs)
-        except (AttributeError, TypeError) as err:
-            reason = f"cannot build {entry.action} from the stored payload: {err}"
-            log.error("giving up on outbox #%d: %s", entry.seq, reason)
-            await self._store.give_up(entry, reason, self._clock.utc_now())
+            answer = await self._link.call(entry.action, payload, unique_id=entry.message_id)
+        except ConnectionLost:
+            return  # the row stays; the next connection resends it with the same id
+        except InvalidMessage as err:
+            await self._failed(entry, Failure.INVALID, str(err))
             return
-        invalid = await invalid_request(request)
-        if invalid is not None:
-            reason = f"not a valid OCPP 1.6 {entry.action}, never sent: {invalid}"
-            log.error("giving up on outbox #%d: %s", entry.seq, reason)
-            await self._store.give_up(entry, reason, self._clock.utc_now())
+        except CallErrorReceived as err:
+            await self._failed(entry, Failure.REFUSED, f"CallError {err.code}: {err.description}")
             return
-        try:
-            result = await peer.call(request, suppress=False)
-        except REFUSED as err:
-            reason = f"CallError {describe(err)}"
-            # Only refusals count towards giving up: timeouts say nothing about the message.
-            if entry.refusals + 1 >= MAX_REFUSALS:
-                log.error("giving up on outbox #%d %s: %s", entry.seq, entry.action, reason)
-                await self._store.give_up(entry, reason, self._clock.utc_now())
-            else:
-                await self._store.failed_attempt(entry, reason, refused=True)
-                await asyncio.sleep(self._backoff(entry.refusals))
+        except InvalidReply as err:
+            await self._failed(entry, Failure.BAD_REPLY, err.reason)
             return
+        except TimeoutError:
+            await self._failed(entry, Failure.TIMEOUT, "no answer")
+            return
+        await self._confirmed(entry, answer)
+
+    async def _confirmed(self, entry: OutboxEntry, answer: dict[str, Any]) -> None:
+        received = time.perf_counter()
         if entry.action == "StartTransaction":
             assert entry.session_id is not None
-            status = str(result.id_tag_info.get("status", "Invalid"))
-            await self._store.delivered(entry, int(result.transaction_id), status)
-            self._on_started(entry.session_id, int(result.transaction_id), status)
+            info = answer["idTagInfo"]
+            transaction_id = int(answer["transactionId"])
+            await self._store.delivered(entry, transaction_id, str(info["status"]))
+            self._windows.append(time.perf_counter() - received)
+            self._on_start(entry.session_id, transaction_id, info)
         else:
             await self._store.delivered(entry)
+            self._windows.append(time.perf_counter() - received)
+            if entry.action == "StopTransaction" and entry.session_id is not None:
+                self._on_stop(entry.session_id, answer.get("idTagInfo"))
+        self._delivered += 1
+        self._timeouts.pop(entry.seq, None)
+        self._alarms.pop(entry.seq, None)
         log.debug("delivered outbox #%d %s", entry.seq, entry.action)
+
+    async def _failed(self, entry: OutboxEntry, failure: Failure, detail: str) -> None:
+        timeouts = self._timeouts.get(entry.seq, 0) + (failure is Failure.TIMEOUT)
+        self._timeouts[entry.seq] = timeouts
+        refused = failure in (Failure.REFUSED, Failure.BAD_REPLY)
+        decision = after_failure(
+            entry.action,
+            failure,
+            entry.refusals + refused,
+            timeouts,
+            self._retry_policy(),
+            detail,
+        )
+        if isinstance(decision, Retry):
+            await self._store.failed_attempt(entry, f"{failure}: {detail}", refused=refused)
+            self._retries += 1
+            log.warning(
+                "outbox #%d %s: %s; retrying in %.0f s",
+                entry.seq,
+                entry.action,
+                detail,
+                decision.after_s,
+            )
+            await self._sleep(decision.after_s)
+            return
+        await self._fail(entry, decision)
+
+    async def _fail(self, entry: OutboxEntry, decision: Park | GiveUp) -> None:
+        now = self._clock.utc_now()
+        self._timeouts.pop(entry.seq, None)
+        if isinstance(decision, Park):
+            alarm = f"{entry.action} #{entry.seq} parked: {decision.reason}"
+            self._alarms[entry.seq] = alarm[:300]
+            log.error("outbox %s", alarm)
+            await self._store.park(entry, decision.reason, now)
+            return
+        log.error("giving up on outbox #%d %s: %s", entry.seq, entry.action, decision.reason)
+        if decision.kind == "quarantined" and entry.action in ("StartTransaction", "StopTransaction"):
+            self._alarms[entry.seq] = f"{entry.action} #{entry.seq} quarantined: {decision.reason}"[
+                :300
+            ]
+        await self._store.give_up(entry.seq, decision.reason, now, decision.kind)
+
+    async def _quarantine(self, seq: int, reason: str) -> None:
+        log.error("outbox row #%d is unreadable, quarantined: %s", seq, reason)
+        self._alarms[seq] = f"outbox row #{seq} quarantined: {reason}"[:300]
+        await self._store.give_up(seq, f"unreadable: {reason}", self._clock.utc_now(), "quarantined")

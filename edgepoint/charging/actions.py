@@ -9,12 +9,16 @@ from edgepoint.charging.events import IdTag, SessionId, StopReason, TelemetrySam
 
 
 class ConnectorStatus(StrEnum):
-    """OCPP 1.6 ChargePointStatus values this connector reports."""
+    """OCPP 1.6 ChargePointStatus: the one definition of a connector's reported status."""
 
     AVAILABLE = "Available"
     PREPARING = "Preparing"
     CHARGING = "Charging"
+    SUSPENDED_EVSE = "SuspendedEVSE"
+    SUSPENDED_EV = "SuspendedEV"
     FINISHING = "Finishing"
+    RESERVED = "Reserved"
+    UNAVAILABLE = "Unavailable"
     FAULTED = "Faulted"
 
 
@@ -30,7 +34,7 @@ class Feedback(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class RequestAuthorization:
-    """Ask the CSMS (or, later, the local list) whether this card may charge."""
+    """Decide whether this card may charge: local list, cache, CSMS and offline rules."""
 
     id_tag: IdTag
 

@@ -21,9 +21,12 @@ from edgepoint.charging.actions import (
 from edgepoint.charging.events import (
     AuthorizationResolved,
     AuthorizationStatus,
+    AvailabilityRequested,
     Event,
     IdTag,
+    RemoteStartRequested,
     SessionId,
+    SessionInvalidated,
     StopReason,
     StopRequested,
     TelemetryLost,
@@ -38,8 +41,10 @@ class Phase(StrEnum):
     AVAILABLE = "Available"
     AUTHORIZING = "Authorizing"  # card seen, verdict pending; OCPP status stays Available
     CHARGING = "Charging"
+    SUSPENDED = "Suspended"  # session open, energy withheld (card invalidated by the CSMS)
     FINISHING = "Finishing"  # relay open, waiting for the final meter reading
     FAULTED = "Faulted"
+    UNAVAILABLE = "Unavailable"  # Inoperative by ChangeAvailability
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +65,8 @@ class Outcome:
     accepted: bool
     actions: tuple[Action, ...] = ()
     reason: str = ""
+    # ChangeAvailability while a session runs: accepted, applied when it ends.
+    scheduled: bool = False
 
 
 def _rejected(reason: str) -> Outcome:
@@ -70,6 +77,15 @@ def _rejected(reason: str) -> Outcome:
 class _PendingStop:
     id_tag: IdTag | None
     reason: StopReason
+
+
+@dataclass(frozen=True, slots=True)
+class _Invalidation:
+    stop: bool
+    until_wh: int  # register reading at which the allowance is used up
+
+
+_SESSION_PHASES = frozenset({Phase.CHARGING, Phase.SUSPENDED, Phase.FINISHING})
 
 
 class Connector:
@@ -84,15 +100,18 @@ class Connector:
         new_session_id: Callable[[], SessionId],
         meter_value_interval_s: float,
         resume: ActiveSession | None = None,
+        operative: bool = True,
     ) -> None:
         self._new_session_id = new_session_id
-        self._meter_interval = meter_value_interval_s
-        self.phase = Phase.AVAILABLE
+        self.meter_value_interval_s = meter_value_interval_s
+        self.phase = Phase.AVAILABLE if operative else Phase.UNAVAILABLE
+        self.operative = operative  # what ChangeAvailability last asked for (persisted)
         self.session: ActiveSession | None = None
         self.pending_tag: IdTag | None = None
         self.last_sample: TelemetrySample | None = None
         self._last_meter_values_at = 0.0
         self._pending_stop: _PendingStop | None = None
+        self._invalidation: _Invalidation | None = None
         self._peak_wh = 0  # highest register reading during the running session
         if resume is not None:
             # The process died mid-session (crash, power cut): the relay is open since
@@ -103,14 +122,26 @@ class Connector:
             self.phase = Phase.FINISHING
             self._pending_stop = _PendingStop(None, StopReason.POWER_LOSS)
 
+    @property
+    def idle_status(self) -> ConnectorStatus:
+        return ConnectorStatus.AVAILABLE if self.operative else ConnectorStatus.UNAVAILABLE
+
+    @property
+    def status(self) -> ConnectorStatus:
+        """The OCPP status that this phase reports."""
+        return {
+            Phase.AVAILABLE: ConnectorStatus.AVAILABLE,
+            Phase.AUTHORIZING: ConnectorStatus.AVAILABLE,
+            Phase.CHARGING: ConnectorStatus.CHARGING,
+            Phase.SUSPENDED: ConnectorStatus.SUSPENDED_EVSE,
+            Phase.FINISHING: ConnectorStatus.FINISHING,
+            Phase.FAULTED: ConnectorStatus.FAULTED,
+            Phase.UNAVAILABLE: ConnectorStatus.UNAVAILABLE,
+        }[self.phase]
+
     def start(self) -> tuple[Action, ...]:
         """Actions to take once at start-up: a safe relay and the initial status."""
-        status = (
-            ReportStatus(ConnectorStatus.FINISHING)
-            if self.phase is Phase.FINISHING
-            else ReportStatus(ConnectorStatus.AVAILABLE)
-        )
-        return (SetRelay(closed=False), status)
+        return (SetRelay(closed=False), ReportStatus(self.status))
 
     def handle(self, event: Event, now: float) -> Outcome:
         """Apply one event; an event that makes no sense in this phase is rejected, not raised."""
@@ -132,6 +163,16 @@ class Connector:
         self.pending_tag = event.id_tag
         return Outcome(True, (Signal(Feedback.READING), RequestAuthorization(event.id_tag)))
 
+    def _remote_start(self, event: Event, now: float) -> Outcome:
+        assert isinstance(event, RemoteStartRequested)
+        if event.authorize:
+            self.phase = Phase.AUTHORIZING
+            self.pending_tag = event.id_tag
+            return Outcome(True, (RequestAuthorization(event.id_tag),))
+        if self.last_sample is None:
+            return _rejected("no meter reading yet")
+        return self._begin_session(event.id_tag, now)
+
     def _card_while_busy(self, event: Event, now: float) -> Outcome:
         # A second tap while the first is being decided or the session is closing:
         # tell the driver with a reject beep rather than silently ignoring it.
@@ -149,10 +190,14 @@ class Connector:
             # Without a meter reading there is no meterStart: refuse rather than guess.
             self.phase = Phase.AVAILABLE
             return Outcome(True, (Signal(Feedback.FAULT),), "no telemetry yet")
-        self.session = ActiveSession(
-            self._new_session_id(), event.id_tag, self.last_sample.energy_wh
-        )
+        return self._begin_session(event.id_tag, now)
+
+    def _begin_session(self, id_tag: IdTag, now: float) -> Outcome:
+        assert self.last_sample is not None
+        self.session = ActiveSession(self._new_session_id(), id_tag, self.last_sample.energy_wh)
         self.phase = Phase.CHARGING
+        self.pending_tag = None
+        self._invalidation = None
         self._peak_wh = self.session.meter_start_wh
         self._last_meter_values_at = now
         return Outcome(
@@ -161,29 +206,52 @@ class Connector:
                 ReportStatus(ConnectorStatus.PREPARING),
                 # Durable before the relay closes: a crash right after must still
                 # leave a session to close.
-                BeginSession(self.session.session_id, event.id_tag, self.session.meter_start_wh),
+                BeginSession(self.session.session_id, id_tag, self.session.meter_start_wh),
                 SetRelay(closed=True),
                 ReportStatus(ConnectorStatus.CHARGING),
                 Signal(Feedback.ACCEPTED),
             ),
         )
 
-    def _sample_while_charging(self, event: Event, now: float) -> Outcome:
+    def _sample_in_session(self, event: Event, now: float) -> Outcome:
         assert isinstance(event, TelemetrySample) and self.session is not None
         self.last_sample = event
         self._peak_wh = max(self._peak_wh, event.energy_wh)
-        if now - self._last_meter_values_at < self._meter_interval:
-            return Outcome(True)
-        self._last_meter_values_at = now
-        return Outcome(True, (RecordMeterValues(self.session.session_id, event),))
+        actions: tuple[Action, ...] = ()
+        if now - self._last_meter_values_at >= self.meter_value_interval_s:
+            self._last_meter_values_at = now
+            actions = (RecordMeterValues(self.session.session_id, event),)
+        spent = self._invalidation is not None and self._peak_wh >= self._invalidation.until_wh
+        if spent and self.phase is Phase.CHARGING:
+            return Outcome(True, actions + self._withhold().actions)
+        return Outcome(True, actions)
 
-    def _card_while_charging(self, event: Event, now: float) -> Outcome:
+    def _invalidated(self, event: Event, now: float) -> Outcome:
+        assert isinstance(event, SessionInvalidated) and self.session is not None
+        self._invalidation = _Invalidation(event.stop, self._peak_wh + max(0, event.allowance_wh))
+        if event.allowance_wh > 0:
+            return Outcome(True, reason=f"card {event.status}: {event.allowance_wh} Wh allowed")
+        return self._withhold()
+
+    def _withhold(self) -> Outcome:
+        """The CSMS invalidated the card: end the session, or only stop the energy."""
+        assert self._invalidation is not None
+        if self._invalidation.stop:
+            return self._begin_stop(_PendingStop(None, StopReason.DEAUTHORIZED))
+        self.phase = Phase.SUSPENDED
+        return Outcome(
+            True,
+            (SetRelay(closed=False), ReportStatus(ConnectorStatus.SUSPENDED_EVSE)),
+            "energy withheld: card invalidated",
+        )
+
+    def _card_in_session(self, event: Event, now: float) -> Outcome:
         assert isinstance(event, TokenPresented) and self.session is not None
         if event.id_tag != self.session.id_tag:
             return Outcome(False, (Signal(Feedback.REJECTED),), "not the card that started it")
         return self._begin_stop(_PendingStop(event.id_tag, StopReason.LOCAL))
 
-    def _stop_while_charging(self, event: Event, now: float) -> Outcome:
+    def _stop_in_session(self, event: Event, now: float) -> Outcome:
         assert isinstance(event, StopRequested)
         outcome = self._begin_stop(_PendingStop(None, event.reason))
         if not event.immediate:
@@ -214,7 +282,7 @@ class Connector:
             return _rejected("already finishing")
         return self._finish()
 
-    def _finish(self, status: ConnectorStatus = ConnectorStatus.AVAILABLE) -> Outcome:
+    def _finish(self, faulted: bool = False) -> Outcome:
         assert self.session is not None and self._pending_stop is not None
         meter_stop = self.last_sample.energy_wh if self.last_sample else self.session.meter_start_wh
         # A register that went backwards (meter swapped, firmware reset) must neither make
@@ -228,9 +296,13 @@ class Connector:
         )
         self.session = None
         self._pending_stop = None
-        self.phase = Phase.AVAILABLE if status is ConnectorStatus.AVAILABLE else Phase.FAULTED
-        error = "NoError" if status is ConnectorStatus.AVAILABLE else "OtherError"
-        return Outcome(True, (end, ReportStatus(status, error)))
+        self._invalidation = None
+        if faulted:
+            self.phase = Phase.FAULTED
+            return Outcome(True, (end, ReportStatus(ConnectorStatus.FAULTED, "OtherError")))
+        # A ChangeAvailability that waited for the session takes effect now.
+        self.phase = Phase.AVAILABLE if self.operative else Phase.UNAVAILABLE
+        return Outcome(True, (end, ReportStatus(self.idle_status)))
 
     def _lost(self, event: Event, now: float) -> Outcome:
         # Lost telemetry means we cannot see what flows: open the relay, close any
@@ -239,7 +311,7 @@ class Connector:
         if self.session is not None:
             if self._pending_stop is None:
                 self._pending_stop = _PendingStop(None, StopReason.OTHER)
-            actions.extend(self._finish(ConnectorStatus.FAULTED).actions)
+            actions.extend(self._finish(faulted=True).actions)
         else:
             self.pending_tag = None
             self.phase = Phase.FAULTED
@@ -247,14 +319,39 @@ class Connector:
         actions.append(Signal(Feedback.FAULT))
         return Outcome(True, tuple(actions))
 
-    def _card_while_faulted(self, event: Event, now: float) -> Outcome:
-        return Outcome(False, (Signal(Feedback.FAULT),), "connector faulted")
+    def _card_refused(self, event: Event, now: float) -> Outcome:
+        feedback = Feedback.FAULT if self.phase is Phase.FAULTED else Feedback.REJECTED
+        return Outcome(False, (Signal(feedback),), f"connector {self.phase}")
 
     def _recovered(self, event: Event, now: float) -> Outcome:
         assert isinstance(event, TelemetrySample)
         self.last_sample = event
+        self.phase = Phase.AVAILABLE if self.operative else Phase.UNAVAILABLE
+        return Outcome(True, (ReportStatus(self.idle_status),))
+
+    def _cancel_authorization(self, event: Event, now: float) -> Outcome:
+        # Reset or shutdown while a card is being decided: forget it; a late verdict
+        # then finds nothing pending and is rejected.
+        self.pending_tag = None
         self.phase = Phase.AVAILABLE
-        return Outcome(True, (ReportStatus(ConnectorStatus.AVAILABLE),))
+        return Outcome(True)
+
+    # -- availability (ChangeAvailability) -------------------------------------------
+
+    def _availability(self, event: Event, now: float) -> Outcome:
+        assert isinstance(event, AvailabilityRequested)
+        self.operative = event.operative
+        if self.phase in _SESSION_PHASES:
+            # Never cut a running session: the change waits for its end (spec 5.2).
+            return Outcome(True, scheduled=not event.operative)
+        if self.phase is Phase.FAULTED:
+            return Outcome(True, reason="applies once the fault clears")
+        target = Phase.AVAILABLE if event.operative else Phase.UNAVAILABLE
+        if self.phase is target:
+            return Outcome(True)
+        self.phase = target
+        self.pending_tag = None
+        return Outcome(True, (ReportStatus(self.idle_status),))
 
 
 _Handler = Callable[[Connector, Event, float], Outcome]
@@ -262,20 +359,37 @@ _Handler = Callable[[Connector, Event, float], Outcome]
 # The whole behaviour at a glance. A (phase, event) pair that is missing is rejected.
 _TABLE: dict[tuple[Phase, type], _Handler] = {
     (Phase.AVAILABLE, TokenPresented): Connector._card_when_available,
+    (Phase.AVAILABLE, RemoteStartRequested): Connector._remote_start,
     (Phase.AVAILABLE, TelemetrySample): Connector._track,
     (Phase.AVAILABLE, TelemetryLost): Connector._lost,
+    (Phase.AVAILABLE, AvailabilityRequested): Connector._availability,
     (Phase.AUTHORIZING, AuthorizationResolved): Connector._verdict,
     (Phase.AUTHORIZING, TokenPresented): Connector._card_while_busy,
     (Phase.AUTHORIZING, TelemetrySample): Connector._track,
     (Phase.AUTHORIZING, TelemetryLost): Connector._lost,
-    (Phase.CHARGING, TokenPresented): Connector._card_while_charging,
-    (Phase.CHARGING, TelemetrySample): Connector._sample_while_charging,
+    (Phase.AUTHORIZING, StopRequested): Connector._cancel_authorization,
+    (Phase.AUTHORIZING, AvailabilityRequested): Connector._availability,
+    (Phase.CHARGING, TokenPresented): Connector._card_in_session,
+    (Phase.CHARGING, TelemetrySample): Connector._sample_in_session,
     (Phase.CHARGING, TelemetryLost): Connector._lost,
-    (Phase.CHARGING, StopRequested): Connector._stop_while_charging,
+    (Phase.CHARGING, StopRequested): Connector._stop_in_session,
+    (Phase.CHARGING, SessionInvalidated): Connector._invalidated,
+    (Phase.CHARGING, AvailabilityRequested): Connector._availability,
+    (Phase.SUSPENDED, TokenPresented): Connector._card_in_session,
+    (Phase.SUSPENDED, TelemetrySample): Connector._sample_in_session,
+    (Phase.SUSPENDED, TelemetryLost): Connector._lost,
+    (Phase.SUSPENDED, StopRequested): Connector._stop_in_session,
+    (Phase.SUSPENDED, AvailabilityRequested): Connector._availability,
     (Phase.FINISHING, TelemetrySample): Connector._sample_while_finishing,
     (Phase.FINISHING, TokenPresented): Connector._card_while_busy,
     (Phase.FINISHING, TelemetryLost): Connector._lost,
     (Phase.FINISHING, StopRequested): Connector._stop_while_finishing,
+    (Phase.FINISHING, AvailabilityRequested): Connector._availability,
     (Phase.FAULTED, TelemetrySample): Connector._recovered,
-    (Phase.FAULTED, TokenPresented): Connector._card_while_faulted,
+    (Phase.FAULTED, TokenPresented): Connector._card_refused,
+    (Phase.FAULTED, AvailabilityRequested): Connector._availability,
+    (Phase.UNAVAILABLE, TelemetrySample): Connector._track,
+    (Phase.UNAVAILABLE, TelemetryLost): Connector._lost,
+    (Phase.UNAVAILABLE, TokenPresented): Connector._card_refused,
+    (Phase.UNAVAILABLE, AvailabilityRequested): Connector._availability,
 }

@@ -29,6 +29,8 @@ class TelemetrySample:
     temperature_c: float
     # Whatever else the firmware reports (name -> value), kept so nothing is lost.
     extra: tuple[tuple[str, str], ...] = field(default=())
+    # Which meter of the ESP32 this is (the frame's `ch` field; 1 when absent).
+    channel: int = 1
 
 
 class AuthorizationStatus(StrEnum):
@@ -56,14 +58,18 @@ class TelemetryLost:
 
 
 class StopReason(StrEnum):
-    """OCPP 1.6 StopTransaction reasons this charge point uses."""
+    """OCPP 1.6 StopTransaction reasons."""
 
     LOCAL = "Local"
     REMOTE = "Remote"
     REBOOT = "Reboot"
+    HARD_RESET = "HardReset"
+    SOFT_RESET = "SoftReset"
     POWER_LOSS = "PowerLoss"
     EMERGENCY_STOP = "EmergencyStop"
     DEAUTHORIZED = "DeAuthorized"
+    UNLOCK_COMMAND = "UnlockCommand"
+    EV_DISCONNECTED = "EVDisconnected"
     OTHER = "Other"
 
 
@@ -76,4 +82,38 @@ class StopRequested:
     immediate: bool = False
 
 
-Event = TokenPresented | TelemetrySample | AuthorizationResolved | TelemetryLost | StopRequested
+@dataclass(frozen=True, slots=True)
+class RemoteStartRequested:
+    """The CSMS asks to start a session for `id_tag` (RemoteStartTransaction)."""
+
+    id_tag: IdTag
+    # AuthorizeRemoteTxRequests: ask for the tag's authorization before starting.
+    authorize: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AvailabilityRequested:
+    """ChangeAvailability: make the connector Operative (True) or Inoperative (False)."""
+
+    operative: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInvalidated:
+    """The CSMS answered the session's StartTransaction with a non-Accepted idTagInfo."""
+
+    status: AuthorizationStatus
+    stop: bool  # StopTransactionOnInvalidId: end the session (else only suspend energy)
+    allowance_wh: int  # MaxEnergyOnInvalidId: energy still allowed before that happens
+
+
+Event = (
+    TokenPresented
+    | TelemetrySample
+    | AuthorizationResolved
+    | TelemetryLost
+    | StopRequested
+    | RemoteStartRequested
+    | AvailabilityRequested
+    | SessionInvalidated
+)

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 SUBPROTOCOL = Subprotocol("ocpp1.6")
 PATH_PREFIX = "/ocpp/"
 _REALM = 'Basic realm="edgepoint-csms", charset="UTF-8"'
+# OCPP 1.6 messages are small (a long session's StopTransaction with its transactionData
+# is the largest); the cap keeps a hostile peer from making us buffer more.
+MAX_MESSAGE_BYTES = 1024 * 1024
 
 
 class _RedactAuthorization(logging.Filter):
@@ -153,6 +156,7 @@ class SiteCsms:
                 subprotocols=[SUBPROTOCOL],
                 process_request=self._check_request,
                 close_timeout=self._close_timeout,
+                max_size=MAX_MESSAGE_BYTES,
                 logger=_ws_log,
             ) as server:
                 self._bound_port = _bound_port(server)
@@ -223,7 +227,7 @@ class SiteCsms:
             self._spawn(previous.connection.close(CloseCode.NORMAL_CLOSURE, "replaced"))
         log.info("%s connected from %s", cp_id, connection.remote_address)
         try:
-            await session.start()
+            await session.serve()
         except ConnectionClosed as closed:
             log.info("%s disconnected (%s)", cp_id, closed)
         finally:

@@ -1,51 +1,134 @@
-"""The kiosk's relay, status LEDs and buzzer, driven through gpiozero."""
+"""The kiosk's relays (one per connector), status LEDs and buzzer, driven through gpiozero."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, overload
 
 from gpiozero import LED, Buzzer, OutputDevice
 
 from edgepoint.charging.actions import ConnectorStatus, Feedback
-from edgepoint.config import HardwareConfig
+from edgepoint.config import ConnectorConfig, HardwareConfig
 from edgepoint.errors import DeviceError
 
 log = logging.getLogger(__name__)
 
 
-class Panel:
-    """Relay + green/red LED + buzzer. The relay starts open and is opened again on close."""
+def default_connectors(hardware: HardwareConfig) -> tuple[ConnectorConfig, ...]:
+    """The single connector of a kiosk without [[connector]] tables."""
+    return (ConnectorConfig(id=1, relay_pin=hardware.relay_pin, meter_channel=1),)
 
-    def __init__(self, hardware: HardwareConfig, pin_factory: Any = None) -> None:
+
+class Panel:
+    """One relay per connector + shared green/red LED and buzzer.
+
+    Every relay starts open and is opened again on close.
+    """
+
+    def __init__(
+        self,
+        hardware: HardwareConfig,
+        connectors: Sequence[ConnectorConfig] = (),
+        pin_factory: Any = None,
+    ) -> None:
+        connectors = tuple(connectors) or default_connectors(hardware)
+        ids = [c.id for c in connectors]
+        pins = [c.relay_pin for c in connectors]
+        if len(set(ids)) != len(ids):
+            raise DeviceError(f"connector ids repeat: {ids}")
+        if len(set(pins)) != len(pins):
+            raise DeviceError(f"relay pins repeat: {pins}")
         # pin_factory is passed per device rather than set on gpiozero.Device globally,
         # so tests and the simulator can each have their own MockFactory.
+        self._relays: dict[int, OutputDevice] = {}
+        claimed: list[Any] = []
         try:
-            self._relay = OutputDevice(
-                hardware.relay_pin, initial_value=False, pin_factory=pin_factory
-            )
+            # Relays first: they are driven low before any other pin is claimed.
+            for connector in connectors:
+                relay = OutputDevice(
+                    connector.relay_pin, initial_value=False, pin_factory=pin_factory
+                )
+                claimed.append(relay)
+                self._relays[connector.id] = relay
             self._green = LED(hardware.green_led_pin, pin_factory=pin_factory)
+            claimed.append(self._green)
             self._red = LED(hardware.red_led_pin, pin_factory=pin_factory)
+            claimed.append(self._red)
             self._buzzer = Buzzer(hardware.buzzer_pin, pin_factory=pin_factory)
         except Exception as err:  # gpiozero raises many unrelated types for a bad setup
+            # Release what was claimed, so a retry (or another process) can have the pins.
+            for device in claimed:
+                with contextlib.suppress(Exception):
+                    device.close()
             raise DeviceError(f"cannot set up GPIO: {err}") from err
+        self._closed = False
 
     @classmethod
-    def simulated(cls, hardware: HardwareConfig) -> Panel:
+    def simulated(
+        cls, hardware: HardwareConfig, connectors: Sequence[ConnectorConfig] = ()
+    ) -> Panel:
+        """A panel on gpiozero's MockFactory pins."""
         from gpiozero.pins.mock import MockFactory
 
-        return cls(hardware, pin_factory=MockFactory())
+        return cls(hardware, connectors, pin_factory=MockFactory())
+
+    @property
+    def connector_ids(self) -> tuple[int, ...]:
+        """The connectors that have a relay, in configuration order."""
+        return tuple(self._relays)
+
+    @property
+    def relays(self) -> Mapping[int, bool]:
+        """Whether each connector's relay is closed, by connector id (a snapshot)."""
+        return {cid: bool(relay.value) for cid, relay in self._relays.items()}
+
+    def is_relay_closed(self, connector_id: int) -> bool:
+        """Whether this connector's relay is closed (energised)."""
+        return bool(self._relay(connector_id).value)
 
     @property
     def relay_closed(self) -> bool:
-        return bool(self._relay.value)
+        """Whether any relay is closed; with one connector, that connector's relay."""
+        return any(bool(relay.value) for relay in self._relays.values())
 
-    def set_relay(self, closed: bool) -> None:
-        if closed:
-            self._relay.on()
+    @overload
+    def set_relay(self, closed: bool, /) -> None: ...
+    @overload
+    def set_relay(self, connector_id: int, closed: bool, /) -> None: ...
+    def set_relay(self, *args: Any) -> None:
+        """Close or open one connector's relay: `set_relay(connector_id, closed)`.
+
+        `set_relay(closed)` is the single-connector form, refused when there are several.
+        """
+        if len(args) == 2 and isinstance(args[1], bool):
+            connector_id, closed = args
+        elif len(args) == 1 and isinstance(args[0], bool) and len(self._relays) == 1:
+            # Which relay a bare True means is a guess with several: never energise one.
+            (connector_id,), (closed,) = self._relays.keys(), args
         else:
-            self._relay.off()
-        log.info("relay %s", "closed" if closed else "open")
+            # Strict on types: set_relay(2) must not read as "close the only relay".
+            raise TypeError(f"set_relay(connector_id, closed: bool) expected, got {args!r}")
+        relay = self._relay(connector_id)
+        if closed:
+            relay.on()
+        else:
+            relay.off()
+        log.info("relay %d %s", connector_id, "closed" if closed else "open")
+
+    def for_connector(self, connector_id: int) -> ConnectorPanel:
+        """This connector's relay with the shared LEDs and buzzer, shaped like a one-relay panel."""
+        self._relay(connector_id)  # fail now rather than at the first set_relay
+        return ConnectorPanel(self, connector_id)
+
+    def _relay(self, connector_id: int) -> OutputDevice:
+        if isinstance(connector_id, bool):  # True == 1 as a dict key
+            raise TypeError(f"connector id must be an int, got {connector_id!r}")
+        try:
+            return self._relays[connector_id]
+        except KeyError:
+            raise KeyError(f"no relay for connector {connector_id}") from None
 
     def show(self, status: ConnectorStatus) -> None:
         """Steady LED pattern for the connector status."""
@@ -81,7 +164,48 @@ class Panel:
         }
 
     def close(self) -> None:
-        """Open the relay, then release every pin."""
-        self._relay.off()
-        for device in (self._relay, self._green, self._red, self._buzzer):
-            device.close()
+        """Open every relay, then release every pin; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        failures: list[Exception] = []
+        # All relays are opened before any pin is released, and one relay that
+        # fails to open does not keep the others energised.
+        for cid, relay in self._relays.items():
+            try:
+                relay.off()
+            except Exception as err:
+                log.error("relay %d could not be opened: %s", cid, err)
+                failures.append(err)
+        for device in (*self._relays.values(), self._green, self._red, self._buzzer):
+            try:
+                device.close()
+            except Exception as err:
+                failures.append(err)
+        if failures:
+            raise DeviceError(f"GPIO release failed: {failures[0]}") from failures[0]
+
+
+class ConnectorPanel:
+    """One connector's view of the panel: its own relay, the shared LEDs and buzzer."""
+
+    def __init__(self, panel: Panel, connector_id: int) -> None:
+        self._panel = panel
+        self._connector_id = connector_id
+
+    @property
+    def connector_id(self) -> int:
+        return self._connector_id
+
+    @property
+    def relay_closed(self) -> bool:
+        return self._panel.is_relay_closed(self._connector_id)
+
+    def set_relay(self, closed: bool) -> None:
+        self._panel.set_relay(self._connector_id, closed)
+
+    def show(self, status: ConnectorStatus) -> None:
+        self._panel.show(status)
+
+    def signal(self, feedback: Feedback) -> None:
+        self._panel.signal(feedback)

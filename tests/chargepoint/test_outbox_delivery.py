@@ -160,7 +160,6 @@ class Site:
         config = ChargePointConfig(
             csms_url=f"ws://127.0.0.1:{self.csms.port}/ocpp",
             auth_key_file=self.tmp_path / "unused.key",
-            meter_value_sample_interval=1,
             response_timeout=2.0,
             reconnect_max_s=0.2,
         )

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from csms_fixtures import clock_fixture, running_fixture  # noqa: F401  (fixtures)
-from csms_support import CP_ID, RunningCsms, ocpp_client
-from ocpp.exceptions import OCPPError
+from csms_support import CP_ID, RunningCsms, exchange, ocpp_client, open_ws
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint as OcppClient
 from ocpp.v16 import call, call_result
-from ocpp.v16.enums import Action, AuthorizationStatus, RegistrationStatus, ResetStatus, ResetType
+from ocpp.v16.enums import Action, AuthorizationStatus, RegistrationStatus, ResetStatus
 
 from edgepoint.csms.db import CsmsStore
 from edgepoint.csms.records import StopOutcome
+from edgepoint.ocppj.errors import CallErrorReceived, ConnectionLost, InvalidMessage, InvalidReply
+from edgepoint.ocppj.validation import KNOWN_ACTIONS
 
 START_TS = "2025-06-01T12:01:00.000Z"
 
@@ -244,8 +247,60 @@ async def test_csms_can_call_the_charge_point(running: RunningCsms) -> None:
         await cp.call(call.Heartbeat(), suppress=False)  # the session is registered by now
         session = running.csms.session(CP_ID)
         assert session is not None
-        reply = await session.call(call.Reset(type=ResetType.soft), suppress=False)
-        assert reply.status == ResetStatus.accepted
+        assert await session.call("Reset", {"type": "Soft"}) == {"status": "Accepted"}
         # The client has no UnlockConnector handler: its CALLERROR reaches our call().
-        with pytest.raises(OCPPError):
-            await session.call(call.UnlockConnector(connector_id=1), suppress=False)
+        with pytest.raises(CallErrorReceived) as refused:
+            await session.call("UnlockConnector", {"connectorId": 1})
+        assert refused.value.action == "UnlockConnector"
+        # Ours breaks the schema: refused before it reaches the wire.
+        with pytest.raises(InvalidMessage):
+            await session.call("Reset", {"type": "Sideways"})
+        # The session still works after all of that, both ways.
+        assert await session.call("Reset", {"type": "Hard"}, timeout=5) == {"status": "Accepted"}
+        await cp.call(call.Heartbeat(), suppress=False)
+        assert session.endpoint.stats.stray_replies == 0
+
+
+async def test_operator_call_reply_problems(running: RunningCsms) -> None:
+    """A bad reply, no reply, a late reply, then the charge point leaves mid-call."""
+    async with open_ws(running.port) as ws:
+        await exchange(ws, '[2,"hb","Heartbeat",{}]')
+        session = running.csms.session(CP_ID)
+        assert session is not None
+        asked = asyncio.create_task(session.call("ClearCache", {}))
+        sent = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        await ws.send(json.dumps([3, sent[1], {"status": "Maybe"}]))
+        with pytest.raises(InvalidReply):
+            await asked
+        with pytest.raises(TimeoutError):
+            await session.call("Reset", {"type": "Soft"}, timeout=0.2)
+        (late,) = [json.loads(await asyncio.wait_for(ws.recv(), 5))]
+        assert late[0] == 2 and late[2] == "Reset"
+        pending = asyncio.create_task(session.call("ClearCache", {}))
+        sent = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert sent[2] == "ClearCache"
+        # The late reply to the Reset is dropped, not taken for the ClearCache's.
+        await ws.send(json.dumps([3, late[1], {"status": "Accepted"}]))
+    with pytest.raises(ConnectionLost):
+        await asyncio.wait_for(pending, 5)
+    assert session.endpoint.stats.stray_replies == 1
+
+
+async def test_only_the_handled_actions_are_accepted(running: RunningCsms) -> None:
+    async with open_ws(running.port) as ws:
+        await exchange(ws, '[2,"hb","Heartbeat",{}]')
+        session = running.csms.session(CP_ID)
+        assert session is not None
+    assert session.actions == {
+        "BootNotification",
+        "Heartbeat",
+        "StatusNotification",
+        "Authorize",
+        "StartTransaction",
+        "StopTransaction",
+        "MeterValues",
+        "DataTransfer",
+        "FirmwareStatusNotification",
+        "DiagnosticsStatusNotification",
+    }
+    assert session.actions <= KNOWN_ACTIONS

@@ -24,7 +24,7 @@ from csms_support import (
 from ocpp.v16 import call
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from edgepoint.csms.server import SiteCsms, charge_point_id_from_path
+from edgepoint.csms.server import MAX_MESSAGE_BYTES, SiteCsms, charge_point_id_from_path
 
 
 async def refused_status(running: RunningCsms, **kwargs: object) -> int:
@@ -105,14 +105,48 @@ async def test_key_is_never_logged(running: RunningCsms, caplog: pytest.LogCaptu
         (
             '[2,"m10","StatusNotification",{"connectorId":1,"errorCode":"NoError","status":"Nap"}]',
             "m10",
-            "FormationViolation",
+            "PropertyConstraintViolation",
         ),
         (
             '[2,"m11","StartTransaction",{"connectorId":1,"idTag":"A","meterStart":0,'
             '"timestamp":"yesterday"}]',
             "m11",
-            "FormationViolation",
+            "TypeConstraintViolation",
         ),
+        (
+            # No UTC offset: no longer read as UTC, refused.
+            '[2,"m13","StartTransaction",{"connectorId":1,"idTag":"A","meterStart":0,'
+            '"timestamp":"2025-06-01T12:00:00"}]',
+            "m13",
+            "TypeConstraintViolation",
+        ),
+        (
+            '[2,"m14","StartTransaction",{"connectorId":1,"idTag":"A","meterStart":4294967296,'
+            '"timestamp":"2025-06-01T12:00:00Z"}]',
+            "m14",
+            "TypeConstraintViolation",
+        ),
+        (
+            '[2,"m15","StatusNotification",{"connectorId":-1,"errorCode":"NoError",'
+            '"status":"Available"}]',
+            "m15",
+            "PropertyConstraintViolation",
+        ),
+        (
+            '[2,"m16","MeterValues",{"connectorId":-1,"meterValue":[{"timestamp":'
+            '"2025-06-01T12:00:00Z","sampledValue":[{"value":"1"}]}]}]',
+            "m16",
+            "PropertyConstraintViolation",
+        ),
+        (
+            '[2,"m17","MeterValues",{"connectorId":1,"meterValue":[]}]',
+            "m17",
+            "OccurenceConstraintViolation",
+        ),
+        ('[2,"m18","Heartbeat",{"x":NaN}]', "m18", "FormationViolation"),
+        ('[2,"m19","Heartbeat",{"x":' + "9" * 5000 + "}]", "m19", "FormationViolation"),
+        ('[2,"m20","Heartbeat",{"x":' + "[" * 40 + "]" * 40 + "}]", "m20", "ProtocolError"),
+        ('[2,"m21","Reset",{"type":"Soft"}]', "m21", "NotSupported"),
         (
             '[2,"m12","StartTransaction",{"connectorId":0,"idTag":"A","meterStart":0,'
             '"timestamp":"2025-06-01T12:00:00Z"}]',
@@ -133,15 +167,18 @@ async def test_malformed_frames_get_the_right_callerror(
         assert ok[:2] == [3, "next"]
 
 
-async def test_malformed_responses_get_no_reply(running: RunningCsms) -> None:
+async def test_malformed_responses_and_binary_frames_get_no_reply(running: RunningCsms) -> None:
     async with open_ws(running.port) as ws:
-        for frame in ('[3,"x"]', '[4,"y","Oops"]', '[3,"z",{}]', b"\xff\xfe binary"):
+        deep = '[3,"d",{"a":' + "[" * 40 + "]" * 40 + "}]"
+        for frame in ('[3,"x"]', '[4,"y","Oops"]', '[3,"z",{}]', deep, b'[2,"b","Heartbeat",{}]'):
             await ws.send(frame)
-        # Only the binary garbage (a possible CALL) is answered, then the heartbeat.
-        reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
-        assert reply[:3] == [4, "-1", "FormationViolation"]
+        # OCPP-J travels in text frames: nothing above is answered, the heartbeat is.
         ok = json.loads(await exchange(ws, '[2,"hb","Heartbeat",{}]'))
         assert ok[:2] == [3, "hb"]
+        session = running.csms.session(CP_ID)
+        assert session is not None
+        stats = session.endpoint.stats
+        assert (stats.stray_replies, stats.bad_frames) == (1, 4)
 
 
 async def test_second_connection_replaces_the_first(running: RunningCsms) -> None:
@@ -202,3 +239,15 @@ async def test_cancel_closes_clients_with_1001_and_returns_fast(
 )
 def test_charge_point_id_from_path(path: str, cp_id: str) -> None:
     assert charge_point_id_from_path(path) == cp_id
+
+
+async def test_messages_over_one_mebibyte_close_the_connection(running: RunningCsms) -> None:
+    head, tail = '[2,"big","DataTransfer",{"vendorId":"v","data":"', '"}]'
+    fits = head + "x" * (MAX_MESSAGE_BYTES - len(head) - len(tail)) + tail
+    async with open_ws(running.port) as ws:
+        reply = json.loads(await exchange(ws, fits))
+        assert reply == [3, "big", {"status": "UnknownVendorId"}]
+        await ws.send(fits[:-3] + 'x"}]')
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+        assert ws.close_code == 1009  # message too big

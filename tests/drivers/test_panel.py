@@ -9,8 +9,9 @@ import pytest
 from gpiozero.pins.mock import MockFactory, MockPin
 
 from edgepoint.charging.actions import ConnectorStatus, Feedback
-from edgepoint.config import HardwareConfig
+from edgepoint.config import ConnectorConfig, HardwareConfig
 from edgepoint.drivers.panel import Panel
+from edgepoint.errors import DeviceError
 
 HARDWARE = HardwareConfig(
     simulate=True,
@@ -32,6 +33,23 @@ def factory() -> MockFactory:
 @pytest.fixture
 def panel(factory: MockFactory) -> Iterator[Panel]:
     p = Panel(HARDWARE, pin_factory=factory)
+    yield p
+    p.close()
+
+
+# Three connectors; none of them on hardware.relay_pin, which must then stay unclaimed.
+CONNECTORS = (
+    ConnectorConfig(id=1, relay_pin=5, meter_channel=1),
+    ConnectorConfig(id=2, relay_pin=6, meter_channel=2),
+    ConnectorConfig(id=3, relay_pin=13, meter_channel=4),
+)
+RELAY_PINS = {c.id: c.relay_pin for c in CONNECTORS}
+SHARED_PINS = (27, 22, 23)
+
+
+@pytest.fixture
+def multi(factory: MockFactory) -> Iterator[Panel]:
+    p = Panel(HARDWARE, CONNECTORS, pin_factory=factory)
     yield p
     p.close()
 
@@ -129,3 +147,103 @@ def test_every_feedback_sounds_the_buzzer(
 def test_rejected_also_flashes_red(panel: Panel, factory: MockFactory) -> None:
     panel.signal(Feedback.REJECTED)
     assert eventually(lambda: highs(pin(factory, 22)) >= 1)
+
+
+def test_every_relay_starts_open_and_never_closed(multi: Panel, factory: MockFactory) -> None:
+    for number in (*RELAY_PINS.values(), *SHARED_PINS):
+        assert pin(factory, number).function == "output", number
+        assert pin(factory, number).state is False, number
+        assert highs(pin(factory, number)) == 0, number
+    assert multi.connector_ids == (1, 2, 3)
+    assert multi.relays == {1: False, 2: False, 3: False}
+    assert multi.relay_closed is False
+    # hardware.relay_pin is only the default for a kiosk without [[connector]] tables.
+    assert pin(factory, HARDWARE.relay_pin).function != "output"
+
+
+@pytest.mark.parametrize("connector_id", [1, 2, 3])
+def test_each_connector_drives_only_its_own_relay(
+    multi: Panel, factory: MockFactory, connector_id: int
+) -> None:
+    multi.set_relay(connector_id, True)
+    assert multi.is_relay_closed(connector_id) is True
+    assert multi.relays == {cid: cid == connector_id for cid in RELAY_PINS}
+    assert multi.relay_closed is True  # "any relay closed"
+    for cid, number in RELAY_PINS.items():
+        assert pin(factory, number).state is (cid == connector_id), cid
+        if cid != connector_id:
+            assert highs(pin(factory, number)) == 0, cid
+    multi.set_relay(connector_id, False)
+    assert pin(factory, RELAY_PINS[connector_id]).state is False
+    assert multi.relays == {1: False, 2: False, 3: False}
+    for number in SHARED_PINS:
+        assert highs(pin(factory, number)) == 0, number
+
+
+def test_close_opens_every_relay_then_releases_the_pins(factory: MockFactory) -> None:
+    panel = Panel(HARDWARE, CONNECTORS, pin_factory=factory)
+    panel.set_relay(1, True)
+    panel.set_relay(3, True)
+    panel.close()
+    for number in RELAY_PINS.values():
+        assert pin(factory, number).state is False, number
+    panel.close()  # a second close (e.g. from a finally after a failed shutdown) is harmless
+    again = Panel(HARDWARE, CONNECTORS, pin_factory=factory)
+    assert all(pin(factory, number).state is False for number in RELAY_PINS.values())
+    again.close()
+
+
+def test_a_connector_view_behaves_like_a_one_relay_panel(
+    multi: Panel, factory: MockFactory
+) -> None:
+    second = multi.for_connector(2)
+    second.set_relay(True)
+    assert second.relay_closed is True
+    assert multi.for_connector(1).relay_closed is False
+    assert pin(factory, RELAY_PINS[2]).state is True
+    assert pin(factory, RELAY_PINS[1]).state is False
+    second.show(ConnectorStatus.CHARGING)  # the LEDs are shared by all connectors
+    assert pin(factory, 27).state is True
+    with pytest.raises(KeyError):
+        multi.for_connector(4)
+
+
+def test_ambiguous_or_unknown_relay_calls_are_refused(multi: Panel, factory: MockFactory) -> None:
+    with pytest.raises(TypeError):
+        multi.set_relay(True)  # which one? never guess with several relays
+    with pytest.raises(KeyError):
+        multi.set_relay(4, True)
+    with pytest.raises(TypeError):
+        multi.set_relay(True, False)  # True == 1: a swapped call must not reach connector 1
+    with pytest.raises(TypeError):
+        multi.set_relay(2, 1)  # type: ignore[call-overload]
+    assert all(highs(pin(factory, number)) == 0 for number in RELAY_PINS.values())
+
+
+def test_single_connector_keeps_the_one_argument_form(panel: Panel, factory: MockFactory) -> None:
+    # Without connectors: one connector, id 1, on hardware.relay_pin.
+    assert panel.connector_ids == (1,)
+    panel.set_relay(1, True)
+    assert pin(factory, HARDWARE.relay_pin).state is True and panel.relay_closed is True
+    panel.set_relay(False)
+    assert pin(factory, HARDWARE.relay_pin).state is False and panel.is_relay_closed(1) is False
+    with pytest.raises(TypeError):
+        panel.set_relay(1)  # type: ignore[call-overload]  # an id is not a closed flag
+    assert pin(factory, HARDWARE.relay_pin).state is False
+
+
+@pytest.mark.parametrize(
+    "connectors",
+    [
+        (ConnectorConfig(1, 5, 1), ConnectorConfig(1, 6, 2)),  # same id twice
+        (ConnectorConfig(1, 5, 1), ConnectorConfig(2, 5, 2)),  # same relay twice
+        (ConnectorConfig(1, 5, 1), ConnectorConfig(2, 27, 2)),  # relay on the green LED's pin
+    ],
+)
+def test_conflicting_connectors_fail_and_release_every_pin(
+    factory: MockFactory, connectors: tuple[ConnectorConfig, ...]
+) -> None:
+    with pytest.raises(DeviceError):
+        Panel(HARDWARE, connectors, pin_factory=factory)
+    # Nothing stays claimed: a correct panel can still be built on the same pins.
+    Panel(HARDWARE, CONNECTORS, pin_factory=factory).close()

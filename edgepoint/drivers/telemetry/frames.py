@@ -32,6 +32,13 @@ _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
 _VALUE = re.compile(r"[\x20-\x7e]{0,64}")
 _VALUE_FORBIDDEN = frozenset(",*$")
 _POSITIONAL = 7  # version, seq, energy, power, current, voltage, temperature
+# The one extra the receiver interprets: which meter of the ESP32 the frame is from.
+# It is lifted into TelemetrySample.channel and never left in `extra`, so a sample
+# has one source of truth and encode -> parse round-trips.
+CHANNEL_KEY = "ch"
+DEFAULT_CHANNEL = 1  # a frame without `ch` (single-meter firmware)
+MAX_CHANNEL = 8
+_CHANNEL = re.compile(f"[1-{MAX_CHANNEL}]")  # exactly one digit: no "01", no "+2", no spaces
 
 
 def crc16_ccitt_false(data: bytes) -> int:
@@ -66,9 +73,17 @@ def encode_frame(sample: TelemetrySample) -> bytes:
         _format_decimal("voltage_v", sample.voltage_v, 1),
         _format_decimal("temperature_c", sample.temperature_c, 1),
     ]
+    if not DEFAULT_CHANNEL <= sample.channel <= MAX_CHANNEL:
+        raise ValueError(f"channel out of range 1..{MAX_CHANNEL}: {sample.channel}")
+    # Channel 1 is left implicit so single-meter frames stay byte-identical to
+    # what firmware without channels sends.
+    if sample.channel != DEFAULT_CHANNEL:
+        fields.append(f"{CHANNEL_KEY}={sample.channel}")
     for key, value in sample.extra:
         if not _KEY.fullmatch(key):
             raise ValueError(f"extra key not allowed: {key!r}")
+        if key == CHANNEL_KEY:
+            raise ValueError(f"{CHANNEL_KEY!r} is reserved: set TelemetrySample.channel instead")
         if not _VALUE.fullmatch(value) or _VALUE_FORBIDDEN.intersection(value):
             raise ValueError(f"extra value not allowed for {key}: {value!r}")
         fields.append(f"{key}={value}")
@@ -246,6 +261,9 @@ class TelemetryParser:
         return sample
 
     def _track_seq(self, seq: int) -> None:
+        # One counter for the whole stream, whatever the frame's channel: the ESP32
+        # numbers frames in the order it sends them, so frames of several meters
+        # interleave as 1, 2, 3 ... and a per-channel view is never needed here.
         last, self._last_seq = self._last_seq, seq
         if last is None:
             return
@@ -272,11 +290,19 @@ def _fields_to_sample(fields: list[str]) -> TelemetrySample | None:
     if seq > SEQ_MAX:
         return None
     extra: list[tuple[str, str]] = []
+    channel: int | None = None
     for item in fields[_POSITIONAL:]:
         key, sep, value = item.partition("=")
         if not sep or not _KEY.fullmatch(key) or not _VALUE.fullmatch(value):
             return None
-        extra.append((key, value))
+        if key != CHANNEL_KEY:
+            extra.append((key, value))
+        elif channel is None and _CHANNEL.fullmatch(value):
+            channel = int(value)
+        else:
+            # A bad or repeated channel cannot be attributed to a meter, and guessing
+            # would credit energy to the wrong connector.
+            return None
     power, current, voltage, temperature = (float(text) for text in measured)
     return TelemetrySample(
         seq=seq,
@@ -286,4 +312,5 @@ def _fields_to_sample(fields: list[str]) -> TelemetrySample | None:
         voltage_v=voltage,
         temperature_c=temperature,
         extra=tuple(extra),
+        channel=DEFAULT_CHANNEL if channel is None else channel,
     )

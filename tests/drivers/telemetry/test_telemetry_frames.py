@@ -9,6 +9,7 @@ import pytest
 
 from edgepoint.charging.events import TelemetrySample
 from edgepoint.drivers.telemetry.frames import (
+    MAX_CHANNEL,
     MAX_FRAME_LEN,
     SEQ_MAX,
     TelemetryParser,
@@ -69,6 +70,111 @@ def test_protocol_md_examples_parse() -> None:
     assert bad.decode().rstrip() in PROTOCOL_MD.read_text(encoding="utf-8")
     assert parser.feed(bad) == []
     assert parser.stats.bad_checksum == 1
+
+
+CHANNEL_EXAMPLES = (
+    b"$1,40,123460,7360.0,32.00,230.0,31.5*2E8F\r\n",
+    b"$1,41,88012,3680.0,16.00,229.8,30.9,ch=2*560C\r\n",
+    b"$1,42,123462,7360.0,32.00,230.0,31.6,ch=1*CC43\r\n",
+    b"$1,44,123464,7360.0,32.00,230.0,31.6*6D24\r\n",
+    b"$1,45,88014,3680.0,16.00,229.9,31.0,err=E12,ch=2*8670\r\n",
+)
+BAD_CHANNEL_EXAMPLE = b"$1,46,123466,7360.0,32.00,230.0,31.7,ch=9*CDD8\r\n"
+
+
+def test_protocol_md_channel_examples_parse_as_documented() -> None:
+    document = PROTOCOL_MD.read_text(encoding="utf-8")
+    for line in (*CHANNEL_EXAMPLES, BAD_CHANNEL_EXAMPLE):
+        assert line.decode().rstrip() in document
+    parser = TelemetryParser()
+    got = parser.feed(b"".join(CHANNEL_EXAMPLES))
+    assert [(s.seq, s.channel) for s in got] == [(40, 1), (41, 2), (42, 1), (44, 1), (45, 2)]
+    assert [s.energy_wh for s in got if s.channel == 2] == [88012, 88014]
+    assert got[2].extra == ()  # ch=1 is taken out like any other channel
+    assert got[4].extra == (("err", "E12"),)
+    assert parser.stats.seq_gaps == 1 and parser.stats.seq_resets == 0
+    assert parser.feed(BAD_CHANNEL_EXAMPLE) == []
+    assert parser.stats.malformed == 1
+
+
+def test_channel_one_is_implicit_on_the_wire() -> None:
+    # Single-meter frames stay byte-identical to those of firmware without channels.
+    assert b"ch=" not in encode_frame(sample(channel=1))
+    assert encode_frame(sample(channel=1)) == encode_frame(sample())
+    assert b",ch=3" in encode_frame(sample(channel=3, extra=(("fw", "2"),)))
+
+
+@pytest.mark.parametrize("channel", range(1, MAX_CHANNEL + 1))
+def test_every_channel_round_trips(channel: int) -> None:
+    original = sample(channel=channel, extra=(("fw", "1.5.0"),))
+    assert TelemetryParser().feed(encode_frame(original)) == [original]
+
+
+@pytest.mark.parametrize(
+    "extras",
+    [
+        b"ch=0",
+        b"ch=9",
+        b"ch=01",
+        b"ch=+2",
+        b"ch= 2",
+        b"ch=",
+        b"ch=x",
+        b"ch=2,ch=2",  # repeated, even with the same value
+        b"ch=1,fw=2,ch=3",
+    ],
+)
+def test_bad_channel_makes_the_frame_malformed(extras: bytes) -> None:
+    parser = TelemetryParser()
+    payload = b"1,5,100,0.0,0.00,230.0,20.0," + extras
+    got = parser.feed(frame_with_payload(payload) + encode_frame(sample(seq=6, channel=2)))
+    assert [(s.seq, s.channel) for s in got] == [(6, 2)]
+    assert parser.stats.malformed == 1
+    assert parser.stats.frames_ok == 1
+
+
+def test_only_the_lower_case_key_names_a_channel() -> None:
+    payload = b"1,5,100,0.0,0.00,230.0,20.0,CH=2,chan=3"
+    (got,) = TelemetryParser().feed(frame_with_payload(payload))
+    assert got.channel == 1
+    assert got.extra == (("CH", "2"), ("chan", "3"))
+
+
+def test_encoder_refuses_bad_channels_and_a_ch_extra() -> None:
+    for bad in (
+        sample(channel=0),
+        sample(channel=MAX_CHANNEL + 1),
+        sample(extra=(("ch", "2"),)),  # would make the channel ambiguous
+    ):
+        with pytest.raises(ValueError):
+            encode_frame(bad)
+
+
+def feed_channels(parser: TelemetryParser, frames: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    stream = b"".join(encode_frame(sample(seq=seq, channel=ch)) for seq, ch in frames)
+    return [(s.seq, s.channel) for s in parser.feed(stream)]
+
+
+def test_interleaved_channels_share_one_sequence_counter() -> None:
+    parser = TelemetryParser()
+    frames = [(n, 1 + (n - 1) % 3) for n in range(1, 31)]  # three meters, round-robin
+    assert feed_channels(parser, frames) == frames
+    assert parser.stats.seq_gaps == 0 and parser.stats.seq_resets == 0
+
+
+def test_a_lost_frame_of_any_channel_is_one_gap() -> None:
+    parser = TelemetryParser()
+    # 3 (channel 1) and 6, 7 (channels 2 and 1) are missing.
+    feed_channels(parser, [(1, 1), (2, 2), (4, 2), (5, 1), (8, 2), (9, 1)])
+    assert parser.stats.seq_gaps == 3
+    assert parser.stats.seq_resets == 0
+
+
+def test_a_reboot_with_several_channels_is_one_reset() -> None:
+    parser = TelemetryParser()
+    feed_channels(parser, [(SEQ_MAX - 1, 1), (SEQ_MAX, 2), (1, 1), (2, 2), (0, 1), (1, 2), (2, 1)])
+    assert parser.stats.seq_resets == 1
+    assert parser.stats.seq_gaps == 0
 
 
 def test_good_frame_parses_to_the_same_sample() -> None:
@@ -377,6 +483,7 @@ def random_sample(rng: random.Random) -> TelemetrySample:
         voltage_v=round(rng.uniform(180, 260), 1),
         temperature_c=round(rng.uniform(-40, 90), 1),
         extra=extra,
+        channel=rng.randint(1, MAX_CHANNEL),
     )
 
 

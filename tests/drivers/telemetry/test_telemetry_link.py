@@ -16,6 +16,7 @@ from edgepoint.backoff import exponential
 from edgepoint.charging.events import TelemetrySample
 from edgepoint.drivers.telemetry import (
     Esp32Emulator,
+    MeterChannel,
     SerialTelemetryReader,
     open_pty,
 )
@@ -157,6 +158,40 @@ async def test_samples_arrive_in_order_and_energy_follows_the_relay(
     assert emulator.energy_wh == charging[-1].energy_wh
     expected = power / 3600.0 * (opened_at - closed_at)
     assert charging[-1].energy_wh - 1000 == pytest.approx(expected, rel=0.15, abs=3)
+
+
+async def test_several_channels_share_the_link_and_only_a_closed_relay_meters(
+    tasks: Tasks, ptys: Ptys
+) -> None:
+    master, path = ptys.new()
+    reader = SerialTelemetryReader(path, backoff=fast_retry)
+    received = Received()
+    tasks.start(reader.run(received))
+    await until(lambda: reader.stats.connected)
+    relays = {1: Relay(), 2: Relay(), 3: Relay()}
+    relays[2].closed = True
+    emulator = Esp32Emulator(
+        master,
+        channels=[MeterChannel(n, relay, energy_wh=1000 * n) for n, relay in relays.items()],
+        charge_power_w=360_000.0,  # 100 Wh/s
+        interval_s=INTERVAL,
+    )
+    tasks.start(emulator.run())
+    await until(lambda: len(received.samples) >= 30)
+    relays[2].closed = False
+    await asyncio.sleep(0.05)
+    frames_sent = emulator.frames_sent
+    await until(lambda: received.samples[-1].seq == emulator.last_seq)
+
+    # Every frame of every channel arrived, numbered by one counter.
+    assert received.seqs == list(range(frames_sent))
+    assert reader.stats.frames.seq_gaps == reader.stats.frames.seq_resets == 0
+    channels = [s.channel for s in received.samples]
+    assert channels == [1, 2, 3] * (len(channels) // 3)
+    energy = {n: [s.energy_wh for s in received.samples if s.channel == n] for n in relays}
+    assert set(energy[1]) == {1000} and set(energy[3]) == {3000}
+    assert energy[2] == sorted(energy[2]) and energy[2][-1] > 2000
+    assert energy[2][-1] == emulator.energy_wh_of(2)
 
 
 async def test_garbage_and_corrupt_frames_are_counted_and_skipped(tasks: Tasks, ptys: Ptys) -> None:

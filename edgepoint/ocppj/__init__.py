@@ -1,0 +1,1 @@
+"""OCPP-J 1.6 for both roles: frames, CallErrors, strict schema validation and the RPC pump."""

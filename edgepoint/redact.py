@@ -1,0 +1,16 @@
+"""Masks for secrets and personal data in log lines (card id tags)."""
+
+from __future__ import annotations
+
+VISIBLE = 4
+
+
+def mask_id_tag(tag: str) -> str:
+    """Show only the end of an id tag (`****B2C3`), enough to tell cards apart in a log.
+
+    The prefix has a fixed length so the tag's length stays hidden, a short tag shows at
+    most half of itself, and a control character (a newline forging a log line) shows as ?.
+    """
+    shown = min(VISIBLE, len(tag) // 2)
+    tail = tag[len(tag) - shown :] if shown else ""
+    return "****" + "".join(c if c.isprintable() else "?" for c in tail)
