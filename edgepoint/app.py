@@ -249,8 +249,17 @@ async def run(config: Config, clock: Clock | None = None) -> Exit:
         lists = AuthListStore(store.db)
         devices = build_devices(config, panel)
         exit_kind = await _serve(
-            config, clock, system_clock, panel, store, settings, lists, auth_key, devices,
-            stop, request_exit,
+            config,
+            clock,
+            system_clock,
+            panel,
+            store,
+            settings,
+            lists,
+            auth_key,
+            devices,
+            stop,
+            request_exit,
         )
         return ending[0] if ending else exit_kind
     finally:
@@ -366,9 +375,7 @@ async def _serve(
             if auth_key is not None:
                 await csms.register_charge_point(config.station.id, auth_key)
 
-        station = Station(
-            config, kiosk, link, sender, store, devices, csms, supervisor, clock
-        )
+        station = Station(config, kiosk, link, sender, store, devices, csms, supervisor, clock)
         control = ControlServer(config.control.socket, station)
         front = [tg.create_task(coro) for coro in devices.background]
         front += [

@@ -68,7 +68,7 @@ def test_status_and_tap_against_a_running_daemon(tmp_path: Path) -> None:
             assert reason in bad.stderr, (uid, bad.stderr)
             assert "Traceback" not in bad.stderr
             assert "presented" not in bad.stdout
-        assert daemon.status()["connector"]["session"]["id_tag"] == CARD  # unaffected
+        assert daemon.status()["connector"]["session"]["id_tag"] == f"****{CARD[-4:]}"  # unaffected
 
         # Only the daemon's user and group can reach the socket or look in its folder.
         sock = tmp_path / "var" / "edgepoint.sock"

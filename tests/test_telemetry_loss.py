@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from daemon_harness import query
 
 from edgepoint.chargepoint.authorizer import Authorizer
@@ -135,10 +134,14 @@ async def rig_fixture(tmp_path: Path) -> AsyncIterator[Rig]:
 
 async def test_silent_esp32_opens_the_relay_ends_the_session_and_faults(rig: Rig) -> None:
     kiosk = rig.kiosk
-    await eventually("first telemetry", lambda: kiosk.snapshot().connectors[0].last_sample is not None)
+    await eventually(
+        "first telemetry", lambda: kiosk.snapshot().connectors[0].last_sample is not None
+    )
     kiosk.publish(TokenPresented(CARD))
     # The relay closes after the session is stored, a moment after the phase changes.
-    await eventually("charging", lambda: kiosk.snapshot().connectors[0].status is ConnectorStatus.CHARGING)
+    await eventually(
+        "charging", lambda: kiosk.snapshot().connectors[0].status is ConnectorStatus.CHARGING
+    )
     assert kiosk.connector(1).phase is Phase.CHARGING and rig.panel.is_relay_closed(1)
     session = kiosk.connector(1).session
     assert session is not None
@@ -157,7 +160,9 @@ async def test_silent_esp32_opens_the_relay_ends_the_session_and_faults(rig: Rig
     last_trusted = energy()
     assert kiosk.connector(1).phase is Phase.CHARGING and rig.panel.is_relay_closed(1)
     # The phase flips when the connector decides; the status once its actions are done.
-    await eventually("faulted", lambda: kiosk.snapshot().connectors[0].status is ConnectorStatus.FAULTED)
+    await eventually(
+        "faulted", lambda: kiosk.snapshot().connectors[0].status is ConnectorStatus.FAULTED
+    )
     took = loop.time() - silent_since
     # The watchdog polls every timeout/4 (capped at 0.5 s), so it fires within that of it.
     assert TIMEOUT_S * 0.8 <= took <= TIMEOUT_S + 0.5
@@ -204,10 +209,14 @@ async def test_silent_esp32_opens_the_relay_ends_the_session_and_faults(rig: Rig
 
 async def test_silent_esp32_while_idle_faults_without_a_session(rig: Rig) -> None:
     kiosk = rig.kiosk
-    await eventually("first telemetry", lambda: kiosk.snapshot().connectors[0].last_sample is not None)
+    await eventually(
+        "first telemetry", lambda: kiosk.snapshot().connectors[0].last_sample is not None
+    )
     rig.esp32.pause()
     # The phase flips when the connector decides; the status once its actions are done.
-    await eventually("faulted", lambda: kiosk.snapshot().connectors[0].status is ConnectorStatus.FAULTED)
+    await eventually(
+        "faulted", lambda: kiosk.snapshot().connectors[0].status is ConnectorStatus.FAULTED
+    )
     assert rig.panel.is_relay_closed(1) is False
     assert (await rig.statuses())[-1] == ("Faulted", "OtherError")
     assert query(rig.store_path, "SELECT COUNT(*) FROM sessions") == [(0,)]

@@ -1,7 +1,7 @@
 """What the outbox does after each try: the delivery rules as plain code, no I/O.
 
 OCPP 1.6 §4.10 (transaction-related messages): a CallError is retried
-TransactionMessageAttempts times, waiting TransactionMessageRetryInterval × the number of
+TransactionMessageAttempts times, waiting TransactionMessageRetryInterval times the number of
 tries so far. Beyond that the spec lets a charge point drop the message; we do not drop
 billing: a StartTransaction or StopTransaction that exhausted its attempts is parked (an
 alarm in `status`, retried later from its place in the queue) so later sessions can

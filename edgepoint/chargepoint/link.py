@@ -325,9 +325,7 @@ class CsmsLink:
         session = asyncio.create_task(self._session(), name="csms session")
         self._went_online = False
         try:
-            done, _ = await asyncio.wait(
-                {receiving, session}, return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait({receiving, session}, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # raise what ended the connection
             return self._went_online
@@ -432,4 +430,3 @@ def _describe(err: BaseException) -> str:
     if isinstance(err, ssl.SSLError):
         return f"TLS: {err.reason or err}"
     return f"{type(err).__name__}: {err}"
-

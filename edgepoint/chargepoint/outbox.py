@@ -1,4 +1,4 @@
-"""Deliver the outbox to the CSMS in order, exactly as stored, deleting a row only once confirmed."""
+"""Deliver the outbox to the CSMS in order, as stored, deleting a row only once confirmed."""
 
 from __future__ import annotations
 
@@ -221,7 +221,10 @@ class OutboxSender:
             await self._store.park(entry, decision.reason, now)
             return
         log.error("giving up on outbox #%d %s: %s", entry.seq, entry.action, decision.reason)
-        if decision.kind == "quarantined" and entry.action in ("StartTransaction", "StopTransaction"):
+        if decision.kind == "quarantined" and entry.action in (
+            "StartTransaction",
+            "StopTransaction",
+        ):
             self._alarms[entry.seq] = f"{entry.action} #{entry.seq} quarantined: {decision.reason}"[
                 :300
             ]
@@ -230,4 +233,6 @@ class OutboxSender:
     async def _quarantine(self, seq: int, reason: str) -> None:
         log.error("outbox row #%d is unreadable, quarantined: %s", seq, reason)
         self._alarms[seq] = f"outbox row #{seq} quarantined: {reason}"[:300]
-        await self._store.give_up(seq, f"unreadable: {reason}", self._clock.utc_now(), "quarantined")
+        await self._store.give_up(
+            seq, f"unreadable: {reason}", self._clock.utc_now(), "quarantined"
+        )

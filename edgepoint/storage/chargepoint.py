@@ -197,7 +197,13 @@ class Change:
         await self._db.execute(
             "INSERT INTO outbox (session_id, action, payload, created_at, message_id, wire)"
             " VALUES (?, ?, ?, ?, ?, 1)",
-            (session_id, action, json.dumps(payload, separators=(",", ":")), iso_utc(at), message_id),
+            (
+                session_id,
+                action,
+                json.dumps(payload, separators=(",", ":")),
+                iso_utc(at),
+                message_id,
+            ),
         )
 
     async def set_availability(self, connector_id: int, operative: bool) -> None:
@@ -345,9 +351,7 @@ class ChargePointStore:
                 "UPDATE outbox SET parked_at = NULL, refusals = 0 WHERE seq = ?", (entry.seq,)
             )
 
-    async def give_up(
-        self, seq: int, reason: str, at: datetime, kind: str = "dead"
-    ) -> None:
+    async def give_up(self, seq: int, reason: str, at: datetime, kind: str = "dead") -> None:
         """Move a message to the dead letters (or quarantine), with why: never drop silently."""
         async with self.db.write() as db:
             await db.execute(
