@@ -14,3 +14,12 @@ def mask_id_tag(tag: str) -> str:
     shown = min(VISIBLE, len(tag) // 2)
     tail = tag[len(tag) - shown :] if shown else ""
     return "****" + "".join(c if c.isprintable() else "?" for c in tail)
+
+
+def printable(text: str, limit: int = 64) -> str:
+    """A peer's text fit for a log line: cut to `limit`, control characters shown as ?.
+
+    A newline in it would forge a log line, an escape sequence would drive the terminal
+    of whoever reads the log.
+    """
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])

@@ -36,7 +36,7 @@ from edgepoint.kiosk import (
 )
 from edgepoint.ocppj.endpoint import Reply
 from edgepoint.ocppj.errors import ErrorCode, Refusal
-from edgepoint.redact import mask_id_tag
+from edgepoint.redact import mask_id_tag, printable
 from edgepoint.storage.auth_lists import AuthListStore
 from edgepoint.storage.settings import SettingsRepository
 
@@ -115,7 +115,10 @@ class CommandHandler:
         )
         if outcome.status is not ConfigurationStatus.ACCEPTED:
             log.info(
-                "ChangeConfiguration %.50s: %s %s", payload["key"], outcome.status, outcome.reason
+                "ChangeConfiguration %s: %s %s",
+                printable(payload["key"], 50),
+                outcome.status,
+                outcome.reason,
             )
         return Reply({"status": outcome.status.value})
 

@@ -239,6 +239,9 @@ class CsmsLink:
         while not self._closing:
             self.state = LinkState.CONNECTING
             accepted = False
+            # Else a failure before _converse (refused, DNS, TLS) would read the previous
+            # connection's success and keep the back-off at attempt 0 for the whole outage.
+            self._went_online = False
             try:
                 accepted = await self._connect_once()
             except asyncio.CancelledError:

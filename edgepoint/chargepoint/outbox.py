@@ -37,6 +37,9 @@ from edgepoint.storage.chargepoint import (
 
 log = logging.getLogger(__name__)
 
+# Rows read per query while draining a backlog.
+READ_AHEAD = 64
+
 
 class OnlineLink(Protocol):
     """What the sender needs of the CSMS link."""
@@ -91,6 +94,8 @@ class OutboxSender:
         self._delivered = 0
         self._retries = 0
         self._unparked_at = -PARKED_RETRY_S
+        self._ahead: deque[OutboxEntry | UnreadableRow] = deque()
+        self._transaction_ids: dict[SessionId, int] = {}
 
     def snapshot(self) -> SenderSnapshot:
         windows = sorted(self._windows)
@@ -115,18 +120,24 @@ class OutboxSender:
         while True:
             await self._link.wait_online()
             await self._unpark_when_due()
-            item = await self._store.outbox_next()
-            if item is None:
+            if not self._ahead:
+                # Read ahead: a backlog drains at the CSMS's pace, not one query per row.
+                self._ahead.extend(await self._store.outbox_batch(READ_AHEAD))
+            if not self._ahead:
                 self.wake.clear()
                 # Re-check after clearing: a row committed in between must not wait.
                 if await self._store.outbox_next() is None:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.wake.wait(), PARKED_RETRY_S)
                 continue
+            item = self._ahead.popleft()
             if isinstance(item, UnreadableRow):
+                self._ahead.clear()
                 await self._quarantine(item.seq, item.reason)
                 continue
-            await self._deliver(item)
+            if not await self._deliver(item):
+                # A failure may park a session or change counts: read afresh.
+                self._ahead.clear()
 
     async def _unpark_when_due(self) -> None:
         now = self._clock.monotonic()
@@ -137,34 +148,38 @@ class OutboxSender:
             if isinstance(parked, OutboxEntry):
                 await self._store.unpark(parked)
 
-    async def _deliver(self, entry: OutboxEntry) -> None:
+    async def _deliver(self, entry: OutboxEntry) -> bool:
+        """One try; True when the CSMS confirmed it."""
         payload = dict(entry.payload)
         if entry.action in TRANSACTION_ACTIONS and entry.action != "StartTransaction":
             assert entry.session_id is not None  # UnreadableRow otherwise
-            transaction_id = await self._store.transaction_id(entry.session_id)
+            transaction_id = self._transaction_ids.get(entry.session_id)
+            if transaction_id is None:
+                transaction_id = await self._store.transaction_id(entry.session_id)
             if transaction_id is None:
                 # FIFO puts the session's Start first; it is gone only if it was
                 # quarantined. Keep this message (billing) parked with an alarm.
                 await self._fail(entry, Park("its StartTransaction was never confirmed"))
-                return
+                return False
             payload["transactionId"] = transaction_id
         try:
             answer = await self._link.call(entry.action, payload, unique_id=entry.message_id)
         except ConnectionLost:
-            return  # the row stays; the next connection resends it with the same id
+            return False  # the row stays; the next connection resends it with the same id
         except InvalidMessage as err:
             await self._failed(entry, Failure.INVALID, str(err))
-            return
+            return False
         except CallErrorReceived as err:
             await self._failed(entry, Failure.REFUSED, f"CallError {err.code}: {err.description}")
-            return
+            return False
         except InvalidReply as err:
             await self._failed(entry, Failure.BAD_REPLY, err.reason)
-            return
+            return False
         except TimeoutError:
             await self._failed(entry, Failure.TIMEOUT, "no answer")
-            return
+            return False
         await self._confirmed(entry, answer)
+        return True
 
     async def _confirmed(self, entry: OutboxEntry, answer: dict[str, Any]) -> None:
         received = time.perf_counter()
@@ -174,11 +189,13 @@ class OutboxSender:
             transaction_id = int(answer["transactionId"])
             await self._store.delivered(entry, transaction_id, str(info["status"]))
             self._windows.append(time.perf_counter() - received)
+            self._transaction_ids[entry.session_id] = transaction_id
             self._on_start(entry.session_id, transaction_id, info)
         else:
             await self._store.delivered(entry)
             self._windows.append(time.perf_counter() - received)
             if entry.action == "StopTransaction" and entry.session_id is not None:
+                self._transaction_ids.pop(entry.session_id, None)
                 self._on_stop(entry.session_id, answer.get("idTagInfo"))
         self._delivered += 1
         self._timeouts.pop(entry.seq, None)

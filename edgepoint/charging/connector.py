@@ -347,7 +347,9 @@ class Connector:
         if self.phase is Phase.FAULTED:
             return Outcome(True, reason="applies once the fault clears")
         target = Phase.AVAILABLE if event.operative else Phase.UNAVAILABLE
-        if self.phase is target:
+        if self.status is self.idle_status:
+            # Already reporting what was asked: a card being decided (AUTHORIZING reports
+            # Available) keeps its place under a repeated Operative.
             return Outcome(True)
         self.phase = target
         self.pending_tag = None

@@ -31,6 +31,7 @@ from edgepoint.ocppj.errors import (
     Refusal,
 )
 from edgepoint.ocppj.validation import check_request, request_problem, response_problem
+from edgepoint.redact import printable
 
 # CALLs a well-behaved peer sends one at a time (OCPP-J §4.1.1); a few queued is tolerance,
 # more is a flood that gets an error at once instead of memory.
@@ -268,13 +269,15 @@ class Endpoint:
                 raise Refusal(ErrorCode.INTERNAL_ERROR, "the receiver built an invalid reply")
         except Refusal as refusal:
             self.stats.calls_refused += 1
-            # INFO without the payload: it may hold id tags.
+            # INFO without the payload: it may hold id tags. One throttle kind per code,
+            # not per action: a hostile peer has endless action names, and each new kind
+            # would log again (and evict the kinds that keep the rest quiet).
             self._throttled.log(
                 logging.INFO,
-                f"refused {action[:40]} {refusal.code}",
-                "%s: %.40s refused with %s",
+                f"refused {refusal.code}",
+                "%s: %s refused with %s",
                 self.name,
-                action,
+                printable(action, 40),
                 refusal.code,
             )
             await self._send(frames.error_frame(call.unique_id, refusal))

@@ -68,6 +68,7 @@ MIGRATIONS = [
     ALTER TABLE outbox ADD COLUMN wire INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE outbox ADD COLUMN parked_at TEXT;
     CREATE INDEX outbox_session ON outbox(session_id);
+    CREATE INDEX outbox_parked ON outbox(parked_at) WHERE parked_at IS NOT NULL;
     ALTER TABLE dead_letters ADD COLUMN kind TEXT NOT NULL DEFAULT 'dead';
     ALTER TABLE dead_letters ADD COLUMN message_id TEXT;
     CREATE TABLE connector_availability (
@@ -285,17 +286,22 @@ class ChargePointStore:
     async def outbox_next(self) -> OutboxEntry | UnreadableRow | None:
         """The oldest message that may go now: not parked, and not held behind a parked one
         of the same session (its MeterValues and Stop need the Start's transactionId)."""
+        batch = await self.outbox_batch(1)
+        return batch[0] if batch else None
+
+    async def outbox_batch(self, limit: int) -> list[OutboxEntry | UnreadableRow]:
+        """The next `limit` messages in delivery order (see `outbox_next`)."""
         async with (
             self.db.read() as db,
             db.execute(
                 "SELECT seq, message_id, session_id, action, payload, attempts, refusals,"
                 " wire, parked_at FROM outbox WHERE parked_at IS NULL AND (session_id IS NULL"
                 " OR session_id NOT IN (SELECT session_id FROM outbox WHERE parked_at IS NOT"
-                " NULL AND session_id IS NOT NULL)) ORDER BY seq LIMIT 1"
+                " NULL AND session_id IS NOT NULL)) ORDER BY seq LIMIT ?",
+                (limit,),
             ) as cur,
         ):
-            row = await cur.fetchone()
-        return None if row is None else _entry(tuple(row))
+            return [_entry(tuple(row)) for row in await cur.fetchall()]
 
     async def outbox_parked(self) -> list[OutboxEntry | UnreadableRow]:
         """Parked messages (Start/Stop that exhausted their attempts), oldest first."""
@@ -319,7 +325,10 @@ class ChargePointStore:
         This commit is the end of the window in which a crash makes us resend a message
         the CSMS already has; it is one small transaction, done before anything else.
         """
-        async with self.db.write() as db:
+        # Losing the delete of a MeterValues or StatusNotification to a power cut costs a
+        # resend with the same message id; losing that of a Start or Stop could cost a
+        # second transaction at a CSMS that does not de-duplicate, so those are fsync'd.
+        async with self.db.write(fsync=entry.action in BILLING_ACTIONS) as db:
             if transaction_id is not None and entry.session_id is not None:
                 await db.execute(
                     "UPDATE sessions SET transaction_id = ?, auth_status = ? WHERE session_id = ?",
@@ -436,7 +445,8 @@ def _entry(row: tuple[Any, ...]) -> OutboxEntry | UnreadableRow:
         return UnreadableRow(seq, "no action")
     if not isinstance(message_id, str) or not message_id:
         return UnreadableRow(seq, "no message id")
-    if action in TRANSACTION_ACTIONS and action != "StartTransaction" and session_id is None:
+    # A Start without its session would be sent, then have nowhere to keep its transactionId.
+    if action in TRANSACTION_ACTIONS and session_id is None:
         return UnreadableRow(seq, f"{action} without its session")
     if not wire:
         # Written by version 1 in the library's snake_case argument names.

@@ -131,32 +131,46 @@ class Database:
             await self.connection.close()
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def write(self, fsync: bool = True) -> AsyncIterator[aiosqlite.Connection]:
         """Run the body in one `BEGIN IMMEDIATE` transaction; roll back on any exception.
 
         IMMEDIATE takes SQLite's write lock up front, so a CLI writing at the same time
-        waits on busy_timeout instead of failing half-way through.
+        waits on busy_timeout instead of failing half-way through. `fsync=False` commits
+        with synchronous=NORMAL: safe against a crash of the process, not against power
+        loss, which may undo this one transaction (for writes whose loss costs a harmless
+        redo, never for sessions or billing).
         """
         async with self._lock:
+            if not fsync:
+                await self.connection.execute("PRAGMA synchronous = NORMAL")
             try:
-                await self.connection.execute("BEGIN IMMEDIATE")
-            except BaseException as err:
-                # Cancelled while BEGIN waited in aiosqlite's queue: its worker thread
-                # still runs it. A ROLLBACK queued behind it undoes it.
-                with contextlib.suppress(sqlite3.Error):
-                    await self.connection.execute("ROLLBACK")
-                if isinstance(err, sqlite3.Error):
-                    raise StorageError(f"{self._label}: cannot begin: {err}") from err
-                raise
-            try:
-                yield self.connection
-                await self.connection.execute("COMMIT")
-            except BaseException as err:
-                with contextlib.suppress(sqlite3.Error):
-                    await self.connection.execute("ROLLBACK")
-                if isinstance(err, sqlite3.Error):
-                    raise StorageError(f"{self._label}: {err}") from err
-                raise
+                async with self._transaction() as db:
+                    yield db
+            finally:
+                if not fsync:
+                    await self.connection.execute("PRAGMA synchronous = FULL")
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        try:
+            await self.connection.execute("BEGIN IMMEDIATE")
+        except BaseException as err:
+            # Cancelled while BEGIN waited in aiosqlite's queue: its worker thread
+            # still runs it. A ROLLBACK queued behind it undoes it.
+            with contextlib.suppress(sqlite3.Error):
+                await self.connection.execute("ROLLBACK")
+            if isinstance(err, sqlite3.Error):
+                raise StorageError(f"{self._label}: cannot begin: {err}") from err
+            raise
+        try:
+            yield self.connection
+            await self.connection.execute("COMMIT")
+        except BaseException as err:
+            with contextlib.suppress(sqlite3.Error):
+                await self.connection.execute("ROLLBACK")
+            if isinstance(err, sqlite3.Error):
+                raise StorageError(f"{self._label}: {err}") from err
+            raise
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[aiosqlite.Connection]:

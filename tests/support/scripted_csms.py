@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from ssl import SSLContext
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -83,6 +84,7 @@ class ScriptedCsms:
     _changed: asyncio.Condition | None = None
     _tx_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1001))
     port: int = 0
+    ssl: SSLContext | None = None  # serve wss:// (security profiles 2 and 3) with this context
 
     async def __aenter__(self) -> ScriptedCsms:
         self._changed = asyncio.Condition()
@@ -92,6 +94,7 @@ class ScriptedCsms:
             self.port,
             subprotocols=None if not self.require_subprotocol else ["ocpp1.6"],  # type: ignore[list-item]
             process_request=self._record_request,
+            ssl=self.ssl,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -103,7 +106,8 @@ class ScriptedCsms:
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ocpp"
+        scheme = "ws" if self.ssl is None else "wss"
+        return f"{scheme}://127.0.0.1:{self.port}/ocpp"
 
     @property
     def connected(self) -> bool:

@@ -1,0 +1,542 @@
+"""OCPP 1.6 compliance-style scenarios for every CSMS -> charge point command.
+
+The real daemon runs against the strict scripted CSMS, which validates every frame both
+ways; each test ends by checking that nothing the charge point sent broke the schemas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scenario_support import Kiosk, running, scenario_config
+from support import scripted_csms
+from support.scripted_csms import Received, ScriptedCsms
+
+from edgepoint.chargepoint.settings import REGISTRY
+
+pytestmark = pytest.mark.timeout(60)
+
+CARD = "04A1B2C3"
+OTHER_CARD = "04D4E5F6"
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def two_connectors(config: Path) -> Path:
+    """Give the kiosk of `config` a second connector (its own relay and meter channel)."""
+    with config.open("a") as file:
+        file.write(
+            "[[connector]]\nid = 1\nrelay_pin = 17\nmeter_channel = 1\n"
+            "[[connector]]\nid = 2\nrelay_pin = 24\nmeter_channel = 2\n"
+        )
+    return config
+
+
+async def ready(kiosk: Kiosk, connectors: int = 1) -> dict[str, Any]:
+    """Online, every connector Available and metered, the boot's messages delivered."""
+    return await kiosk.wait_for(
+        "online and Available with telemetry",
+        lambda s: (
+            s["links"]["csms"]["state"] == "online"
+            and len(s["connectors"]) == connectors
+            and all(
+                c["status"] == "Available" and c["last_sample"] is not None
+                for c in s["connectors"]
+            )
+            and s["outbox"]["depth"] == 0
+        ),
+    )
+
+
+async def tap(kiosk: Kiosk, card: str) -> None:
+    """Present `card` once; wait until the reader saw it and then saw the field empty again.
+
+    A card that never left the field is one presentation, so a second tap of the same
+    card must wait for the first to go. While a card is in the field every poll reads it,
+    so a poll without a read after the card was seen means the field emptied.
+    """
+    before = (await kiosk.status())["rfid"]["published"]
+    await kiosk.tap(card)
+    seen = await kiosk.wait_for(
+        "the reader to see the card", lambda s: s["rfid"]["published"] > before
+    )
+    empty_polls = seen["rfid"]["polls"] - seen["rfid"]["reads"]
+    await kiosk.wait_for(
+        "the card to leave the field",
+        lambda s: s["rfid"]["polls"] - s["rfid"]["reads"] > empty_polls,
+    )
+
+
+async def charge(kiosk: Kiosk, card: str = CARD, cid: int = 1) -> int:
+    """Tap `card` and wait until its session charges with a transaction id; return the id."""
+    await tap(kiosk, card)
+    status = await kiosk.wait_for(
+        f"connector {cid} charging with a transaction id",
+        lambda s: s["connectors"][cid - 1]["status"] == "Charging"
+        and (s["connectors"][cid - 1]["session"] or {}).get("transaction_id") is not None,
+    )
+    tx: int = status["connectors"][cid - 1]["session"]["transaction_id"]
+    return tx
+
+
+async def drained(kiosk: Kiosk) -> dict[str, Any]:
+    """Everything stored so far went out and was confirmed."""
+    return await kiosk.wait_for("an empty outbox", lambda s: s["outbox"]["depth"] == 0)
+
+
+def statuses(csms: ScriptedCsms, cid: int) -> list[str]:
+    return [p["status"] for p in csms.payloads("StatusNotification") if p["connectorId"] == cid]
+
+
+def daemon_log(kiosk: Kiosk) -> str:
+    return kiosk.daemon.log.read_text(errors="replace")
+
+
+async def wait_log(kiosk: Kiosk, text: str, within_s: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while text not in daemon_log(kiosk):
+        assert asyncio.get_running_loop().time() < deadline, f"{text!r} never logged\n" + (
+            kiosk.daemon.tail()
+        )
+        await asyncio.sleep(0.05)
+
+
+def config_values(reply: dict[str, Any]) -> dict[str, tuple[bool, str]]:
+    return {e["key"]: (e["readonly"], e.get("value", "")) for e in reply["configurationKey"]}
+
+
+async def get_value(csms: ScriptedCsms, key: str) -> str:
+    reply = await csms.call("GetConfiguration", {"key": [key]})
+    value: str = config_values(reply)[key][1]
+    return value
+
+
+@contextlib.asynccontextmanager
+async def offline_capable(tmp_path: Path, **overrides: Any) -> AsyncIterator[tuple[ScriptedCsms, Kiosk, Callable[[], Any]]]:
+    """A CSMS and a daemon where the CSMS can be taken away while the daemon keeps running."""
+    async with contextlib.AsyncExitStack() as stack:
+        online = contextlib.AsyncExitStack()
+        stack.push_async_callback(online.aclose)
+        csms = await online.enter_async_context(ScriptedCsms())
+        kiosk = await stack.enter_async_context(
+            running(scenario_config(tmp_path, csms, **overrides))
+        )
+        yield csms, kiosk, online.aclose
+
+
+# -- GetConfiguration / ChangeConfiguration ---------------------------------------------------
+
+
+async def test_get_configuration_reports_every_key_with_its_readonly_flag(tmp_path: Path) -> None:
+    async with ScriptedCsms() as csms, running(scenario_config(tmp_path, csms)) as kiosk:
+        await ready(kiosk)
+        everything = await csms.call("GetConfiguration", {})
+        empty_list = await csms.call("GetConfiguration", {"key": []})
+        some = await csms.call(
+            "GetConfiguration",
+            {"key": ["HeartbeatInterval", "NumberOfConnectors", "NoSuchKey", "meterValueSampleInterval"]},
+        )
+
+    assert csms.violations == []
+    values = config_values(everything)
+    assert set(values) == set(REGISTRY)
+    assert "unknownKey" not in everything
+    assert {key: readonly for key, (readonly, _) in values.items()} == {
+        name: d.readonly for name, d in REGISTRY.items()
+    }
+    # What config.toml set, what the CSMS's boot reply set, and what follows the hardware.
+    assert values["MeterValueSampleInterval"] == (False, "1")
+    assert values["HeartbeatInterval"] == (False, str(csms.heartbeat_interval))
+    assert values["NumberOfConnectors"] == (True, "1")
+    assert config_values(empty_list) == values
+    # Only the keys asked for; a key is matched in any case, an unknown one is named back.
+    assert config_values(some) == {
+        "HeartbeatInterval": (False, str(csms.heartbeat_interval)),
+        "NumberOfConnectors": (True, "1"),
+        "MeterValueSampleInterval": (False, "1"),
+    }
+    assert some["unknownKey"] == ["NoSuchKey"]
+
+
+async def test_change_configuration_accepts_rejects_and_reads_back(tmp_path: Path) -> None:
+    async with ScriptedCsms() as csms, running(scenario_config(tmp_path, csms)) as kiosk:
+        await ready(kiosk)
+
+        async def change(key: str, value: str) -> str:
+            reply = await csms.call("ChangeConfiguration", {"key": key, "value": value})
+            status: str = reply["status"]
+            return status
+
+        assert await change("BlinkRepeat", "7") == "Accepted"
+        assert await get_value(csms, "BlinkRepeat") == "7"
+        assert await change("LocalPreAuthorize", "True") == "Accepted"
+        assert await get_value(csms, "LocalPreAuthorize") == "true"  # OCPP's spelling
+        assert await change("NumberOfConnectors", "2") == "Rejected"  # read-only
+        assert await change("HeartbeatInterval", "soon") == "Rejected"  # not an integer
+        assert await change("BlinkRepeat", "99") == "Rejected"  # out of range
+        assert await change("MeterValuesSampledData", "Frequency") == "Rejected"  # no such meter
+        assert await change("NoSuchKey", "1") == "NotSupported"
+        # A refused change leaves the value as it was.
+        assert await get_value(csms, "BlinkRepeat") == "7"
+        assert await get_value(csms, "NumberOfConnectors") == "1"
+
+    assert csms.violations == []
+
+
+async def test_a_configuration_change_survives_a_restart(tmp_path: Path) -> None:
+    async with ScriptedCsms() as csms:
+        config = scenario_config(tmp_path, csms)
+        async with running(config) as kiosk:
+            await ready(kiosk)
+            for key, value in (("BlinkRepeat", "5"), ("MeterValueSampleInterval", "2")):
+                reply = await csms.call("ChangeConfiguration", {"key": key, "value": value})
+                assert reply == {"status": "Accepted"}
+        # Killed, not stopped: an Accepted change was stored before it was answered.
+        async with running(config) as kiosk:
+            await csms.wait_calls("BootNotification", 2)
+            await ready(kiosk)
+            assert await get_value(csms, "BlinkRepeat") == "5"
+            # config.toml still says 1, as when the CSMS changed it: the CSMS's value holds.
+            assert await get_value(csms, "MeterValueSampleInterval") == "2"
+
+    assert csms.violations == []
+
+
+async def test_meter_values_follow_a_changed_sample_interval(tmp_path: Path) -> None:
+    config = None
+    async with ScriptedCsms() as csms:
+        config = scenario_config(tmp_path, csms, ocpp__MeterValueSampleInterval=3600)
+        async with running(config) as kiosk:
+            await ready(kiosk)
+            tx = await charge(kiosk)
+            # An hour apart: nothing sampled yet. Then once a second.
+            assert csms.payloads("MeterValues") == []
+            reply = await csms.call(
+                "ChangeConfiguration", {"key": "MeterValueSampleInterval", "value": "1"}
+            )
+            assert reply == {"status": "Accepted"}
+            await csms.wait_calls("MeterValues", 3)
+            # 0: no sampled MeterValues at all (OCPP 1.6 §9.1).
+            reply = await csms.call(
+                "ChangeConfiguration", {"key": "MeterValueSampleInterval", "value": "0"}
+            )
+            assert reply == {"status": "Accepted"}
+            await drained(kiosk)
+            sampled = len(csms.payloads("MeterValues"))
+            await asyncio.sleep(2.2)  # two of the old intervals: nothing may come
+            assert len(csms.payloads("MeterValues")) == sampled
+
+    assert csms.violations == []
+    stamps = [
+        datetime.fromisoformat(p["meterValue"][0]["timestamp"]) for p in csms.payloads("MeterValues")
+    ]
+    gaps = [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:], strict=False)]
+    assert gaps and all(0.8 <= gap <= 1.6 for gap in gaps), gaps
+    assert all(p["transactionId"] == tx for p in csms.payloads("MeterValues"))
+    contexts = {
+        v.get("context") for p in csms.payloads("MeterValues") for v in p["meterValue"][0]["sampledValue"]
+    }
+    assert contexts == {"Sample.Periodic"}
+
+
+async def test_heartbeats_follow_a_changed_heartbeat_interval(tmp_path: Path) -> None:
+    async with ScriptedCsms() as csms, running(scenario_config(tmp_path, csms)) as kiosk:
+        await ready(kiosk)
+        assert csms.calls("Heartbeat") == []  # every 300 s, as the boot reply said
+        reply = await csms.call("ChangeConfiguration", {"key": "HeartbeatInterval", "value": "1"})
+        assert reply == {"status": "Accepted"}
+        await csms.wait_calls("Heartbeat", 3, within_s=6)
+        assert await get_value(csms, "HeartbeatInterval") == "1"
+
+    assert csms.violations == []
+    beats = csms.calls("Heartbeat")
+    assert all(b.payload == {} for b in beats)
+
+
+async def test_clear_cache_forgets_cards_the_csms_accepted(tmp_path: Path) -> None:
+    async with offline_capable(tmp_path) as (csms, kiosk, take_csms_away):
+        await ready(kiosk)
+        await charge(kiosk)  # the CSMS accepted the card: it is cached
+        await tap(kiosk, CARD)
+        await csms.wait_calls("StopTransaction")
+        await kiosk.wait_for("available", lambda s: s["connector"]["status"] == "Available")
+        assert await csms.call("ClearCache", {}) == {"status": "Accepted"}
+        violations = list(csms.violations)
+        await take_csms_away()
+        await kiosk.wait_for("offline", lambda s: s["links"]["csms"]["state"] != "online")
+        # Offline, the card is unknown now (AllowOfflineTxForUnknownId is false): refused.
+        await tap(kiosk, CARD)
+        await wait_log(kiosk, "card ****B2C3: Unavailable (None)")
+        status = await kiosk.status()
+        assert status["connector"]["session"] is None
+        assert status["connector"]["status"] == "Available"
+
+    assert violations == []
+
+
+# -- DataTransfer, actions we do not implement ------------------------------------------------
+
+
+async def test_data_transfer_answers_unknown_vendor(tmp_path: Path) -> None:
+    async with ScriptedCsms() as csms, running(scenario_config(tmp_path, csms)) as kiosk:
+        await ready(kiosk)
+        reply = await csms.call("DataTransfer", {"vendorId": "com.example", "messageId": "x", "data": "{}"})
+    assert reply == {"status": "UnknownVendorId"}
+    assert csms.violations == []
+
+
+async def test_unsupported_and_unknown_actions_get_call_errors_logged_without_payload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "SECRET0042"
+    async with ScriptedCsms() as csms, running(scenario_config(tmp_path, csms)) as kiosk:
+        await ready(kiosk)
+        reserve = await csms.call(
+            "ReserveNow",
+            {
+                "connectorId": 1,
+                "expiryDate": "2030-01-01T00:00:00Z",
+                "idTag": secret,
+                "reservationId": 7,
+            },
+        )
+        # Not an OCPP 1.6 action: the scripted CSMS would refuse to send it, so let it.
+        monkeypatch.setattr(scripted_csms, "request_problem", lambda action, payload: None)
+        teleport = await csms.call("Teleport", {"idTag": secret})
+        # The link is still up and answering afterwards.
+        assert (await csms.call("DataTransfer", {"vendorId": "x"}))["status"] == "UnknownVendorId"
+        await wait_log(kiosk, "Teleport refused with NotImplemented")
+
+    assert reserve == ("error", "NotSupported")
+    assert teleport == ("error", "NotImplemented")
+    log = daemon_log(kiosk)
+    assert "INFO edgepoint.chargepoint.link: CSMS: ReserveNow refused with NotSupported" in log
+    assert "INFO edgepoint.chargepoint.link: CSMS: Teleport refused with NotImplemented" in log
+    assert secret not in log
+    assert "Traceback" not in log
+    assert csms.violations == []
+
+
+# -- RemoteStartTransaction / RemoteStopTransaction -----------------------------------------
+
+
+async def test_remote_start_on_an_available_connector_starts_with_that_id_tag(
+    tmp_path: Path,
+) -> None:
+    async with ScriptedCsms() as csms, running(scenario_config(tmp_path, csms)) as kiosk:
+        await ready(kiosk)
+        reply = await csms.call("RemoteStartTransaction", {"connectorId": 1, "idTag": "REMOTE-1"})
+        assert reply == {"status": "Accepted"}
+        (start,) = [r.payload for r in await csms.wait_calls("StartTransaction")]
+        status = await kiosk.wait_for(
+            "charging", lambda s: (s["connector"]["session"] or {}).get("transaction_id") == 1001
+        )
+        assert status["connector"]["relay_closed"] is True
+        # Without connectorId, the first Available connector; a busy one refuses.
+        busy = await csms.call("RemoteStartTransaction", {"idTag": "REMOTE-2"})
+
+    assert csms.violations == []
+    assert start["connectorId"] == 1 and start["idTag"] == "REMOTE-1"
+    # AuthorizeRemoteTxRequests is false by default: the CSMS's request is the authorization.
+    assert csms.calls("Authorize") == []
+    assert busy == {"status": "Rejected"}
+    assert len(csms.calls("StartTransaction")) == 1
+
+
+async def test_remote_start_is_authorized_first_when_asked_and_a_blocked_tag_gets_nothing(
+    tmp_path: Path,
+) -> None:
+    config = scenario_config(tmp_path, csms := ScriptedCsms(), ocpp__AuthorizeRemoteTxRequests=True)
+    async with csms, running(config) as kiosk:
+        csms.id_tags["BLOCKED-1"] = "Blocked"
+        await ready(kiosk)
+        blocked = await csms.call("RemoteStartTransaction", {"connectorId": 1, "idTag": "BLOCKED-1"})
+        await csms.wait_calls("Authorize")
+        await kiosk.wait_for(
+            "the verdict",
+            lambda s: s["connector"]["phase"] == "Available" and s["outbox"]["depth"] == 0,
+        )
+        assert csms.calls("StartTransaction") == []
+        assert (await kiosk.status())["connector"]["relay_closed"] is False
+
+        accepted = await csms.call("RemoteStartTransaction", {"connectorId": 1, "idTag": "REMOTE-1"})
+        await csms.wait_calls("StartTransaction")
+        await kiosk.wait_for("charging", lambda s: s["connector"]["status"] == "Charging")
+
+    assert csms.violations == []
+    # The request is accepted (the connector is free); the card is decided afterwards.
+    assert blocked == {"status": "Accepted"} and accepted == {"status": "Accepted"}
+    flow = [(r.action, r.payload.get("idTag")) for r in csms.received if r.action in ("Authorize", "StartTransaction")]
+    assert flow == [
+        ("Authorize", "BLOCKED-1"),
+        ("Authorize", "REMOTE-1"),
+        ("StartTransaction", "REMOTE-1"),
+    ]
+
+
+async def test_remote_start_is_rejected_on_a_busy_or_unknown_connector(tmp_path: Path) -> None:
+    async with ScriptedCsms() as csms, running(scenario_config(tmp_path, csms)) as kiosk:
+        await ready(kiosk)
+        unknown = await csms.call("RemoteStartTransaction", {"connectorId": 2, "idTag": "REMOTE-1"})
+        zero = await csms.call("RemoteStartTransaction", {"connectorId": 0, "idTag": "REMOTE-1"})
+        await charge(kiosk)
+        busy = await csms.call("RemoteStartTransaction", {"connectorId": 1, "idTag": "REMOTE-1"})
+        await drained(kiosk)
+
+    assert csms.violations == []
+    assert unknown == zero == busy == {"status": "Rejected"}
+    (start,) = csms.payloads("StartTransaction")
+    assert start["idTag"] == CARD
+
+
+async def test_remote_stop_stops_the_running_transaction_and_rejects_unknown_ids(
+    tmp_path: Path,
+) -> None:
+    async with ScriptedCsms() as csms, running(scenario_config(tmp_path, csms)) as kiosk:
+        await ready(kiosk)
+        tx = await charge(kiosk)
+        unknown = await csms.call("RemoteStopTransaction", {"transactionId": tx + 1000})
+        assert (await kiosk.status())["connector"]["status"] == "Charging"
+        stopped = await csms.call("RemoteStopTransaction", {"transactionId": tx})
+        (stop,) = [r.payload for r in await csms.wait_calls("StopTransaction")]
+        await kiosk.wait_for("available", lambda s: s["connector"]["status"] == "Available")
+        again = await csms.call("RemoteStopTransaction", {"transactionId": tx})
+
+    assert csms.violations == []
+    assert unknown == {"status": "Rejected"}
+    assert stopped == {"status": "Accepted"}
+    assert again == {"status": "Rejected"}  # the transaction is over
+    assert stop["transactionId"] == tx and stop["reason"] == "Remote"
+    assert "idTag" not in stop  # nobody presented a card to stop it
+    assert statuses(csms, 1)[-3:] == ["Charging", "Finishing", "Available"]
+
+
+# -- ChangeAvailability -------------------------------------------------------------------------
+
+
+async def test_an_idle_connector_made_inoperative_refuses_cards_until_operative(
+    tmp_path: Path,
+) -> None:
+    async with ScriptedCsms() as csms, running(scenario_config(tmp_path, csms)) as kiosk:
+        await ready(kiosk)
+        reply = await csms.call("ChangeAvailability", {"connectorId": 1, "type": "Inoperative"})
+        assert reply == {"status": "Accepted"}
+        await csms.wait_for("Unavailable", lambda: statuses(csms, 1)[-1] == "Unavailable")
+        status = await kiosk.wait_for("unavailable", lambda s: s["connector"]["status"] == "Unavailable")
+        assert status["connector"]["operative"] is False
+        refused = status["events_rejected"]
+        await tap(kiosk, CARD)
+        await kiosk.wait_for("the tap refused", lambda s: s["events_rejected"] > refused)
+        # A remote start is refused as well.
+        remote = await csms.call("RemoteStartTransaction", {"connectorId": 1, "idTag": "REMOTE-1"})
+        assert remote == {"status": "Rejected"}
+
+        reply = await csms.call("ChangeAvailability", {"connectorId": 1, "type": "Operative"})
+        assert reply == {"status": "Accepted"}
+        await csms.wait_for("Available", lambda: statuses(csms, 1)[-1] == "Available")
+        await charge(kiosk)
+
+    assert csms.violations == []
+    assert csms.calls("Authorize")[0].payload == {"idTag": CARD}
+    assert len(csms.calls("Authorize")) == 1  # the refused tap never reached the CSMS
+    # Connector 0 (the charge point) stayed Available throughout.
+    assert statuses(csms, 0) == ["Available"]
+    assert statuses(csms, 1) == ["Available", "Unavailable", "Available", "Preparing", "Charging"]
+
+
+async def test_inoperative_during_a_session_is_scheduled_until_the_session_ends(
+    tmp_path: Path,
+) -> None:
+    async with ScriptedCsms() as csms, running(scenario_config(tmp_path, csms)) as kiosk:
+        await ready(kiosk)
+        tx = await charge(kiosk)
+        reply = await csms.call("ChangeAvailability", {"connectorId": 1, "type": "Inoperative"})
+        assert reply == {"status": "Scheduled"}
+        await csms.wait_calls("MeterValues", 1)
+        status = await drained(kiosk)
+        # The session goes on: still charging, relay closed, no Unavailable yet.
+        assert status["connector"]["status"] == "Charging"
+        assert status["connector"]["relay_closed"] is True
+        assert "Unavailable" not in statuses(csms, 1)
+        await tap(kiosk, CARD)
+        await csms.wait_calls("StopTransaction")
+        await csms.wait_for("Unavailable", lambda: statuses(csms, 1)[-1] == "Unavailable")
+        await kiosk.wait_for("unavailable", lambda s: s["connector"]["status"] == "Unavailable")
+
+    assert csms.violations == []
+    (stop,) = csms.payloads("StopTransaction")
+    assert stop["transactionId"] == tx and stop["reason"] == "Local"
+    assert statuses(csms, 1)[-3:] == ["Charging", "Finishing", "Unavailable"]
+    assert "Available" not in statuses(csms, 1)[2:]  # never Available in between
+
+
+async def test_connector_zero_changes_every_connector(tmp_path: Path) -> None:
+    config = two_connectors(scenario_config(tmp_path, csms := ScriptedCsms()))
+    async with csms, running(config) as kiosk:
+        await ready(kiosk, connectors=2)
+        off = await csms.call("ChangeAvailability", {"connectorId": 0, "type": "Inoperative"})
+        await csms.wait_for(
+            "all Unavailable",
+            lambda: all(statuses(csms, c)[-1:] == ["Unavailable"] for c in (0, 1, 2)),
+        )
+        status = await kiosk.wait_for(
+            "unavailable",
+            lambda s: all(c["status"] == "Unavailable" for c in s["connectors"]),
+        )
+        assert [c["operative"] for c in status["connectors"]] == [False, False]
+        on = await csms.call("ChangeAvailability", {"connectorId": 0, "type": "Operative"})
+        await csms.wait_for(
+            "all Available",
+            lambda: all(statuses(csms, c)[-1:] == ["Available"] for c in (0, 1, 2)),
+        )
+        await ready(kiosk, connectors=2)
+        unknown = await csms.call("ChangeAvailability", {"connectorId": 3, "type": "Inoperative"})
+
+    assert csms.violations == []
+    assert off == on == {"status": "Accepted"}
+    assert unknown == {"status": "Rejected"} or unknown[0] == "error"
+    for cid in (0, 1, 2):
+        assert statuses(csms, cid) == ["Available", "Unavailable", "Available"], cid
+
+
+async def test_availability_survives_a_restart(tmp_path: Path) -> None:
+    async with ScriptedCsms() as csms:
+        config = two_connectors(scenario_config(tmp_path, csms))
+        async with running(config) as kiosk:
+            await ready(kiosk, connectors=2)
+            reply = await csms.call("ChangeAvailability", {"connectorId": 2, "type": "Inoperative"})
+            assert reply == {"status": "Accepted"}
+            await kiosk.wait_for("unavailable", lambda s: s["connectors"][1]["status"] == "Unavailable")
+        booted = len(csms.calls("StatusNotification"))
+        async with running(config) as kiosk:
+            await csms.wait_calls("BootNotification", 2)
+            status = await kiosk.wait_for(
+                "restarted",
+                lambda s: s["links"]["csms"]["state"] == "online" and s["outbox"]["depth"] == 0,
+            )
+            after_restart = {
+                p["connectorId"]: p["status"] for p in csms.payloads("StatusNotification")[booted:]
+            }
+            assert [c["status"] for c in status["connectors"]] == ["Available", "Unavailable"]
+            await tap(kiosk, CARD)  # the kiosk starts on the connector that is Available
+            await kiosk.wait_for("charging on 1", lambda s: s["connectors"][0]["status"] == "Charging")
+            # And back: connector 2 is Operative again, also after the next restart.
+            reply = await csms.call("ChangeAvailability", {"connectorId": 2, "type": "Operative"})
+            assert reply == {"status": "Accepted"}
+            await kiosk.wait_for("available", lambda s: s["connectors"][1]["status"] == "Available")
+        async with running(config) as kiosk:
+            await csms.wait_calls("BootNotification", 3)
+            await kiosk.wait_for(
+                "both available",
+                lambda s: [c["status"] for c in s["connectors"]] == ["Available", "Available"],
+            )
+
+    assert csms.violations == []
+    assert after_restart == {0: "Available", 1: "Available", 2: "Unavailable"}

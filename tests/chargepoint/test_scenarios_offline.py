@@ -1,0 +1,696 @@
+"""OCPP 1.6 scenarios for boot, authorization, offline operation and retries (real daemon)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemon_harness import free_port, query
+from scenario_support import Kiosk, running, scenario_config
+from support.scripted_csms import SILENCE, Answer, Error, Raw, Received, ScriptedCsms, now_iso
+
+pytestmark = pytest.mark.timeout(60)
+
+CARD = "04A1B2C3"
+OTHER = "04D4E5F6"
+STRANGER = "0499AABB"
+# A card stays in the reader's field this long (Pn532Emulator.present_card's dwell); the
+# same card tapped again within it is the same presentation, not a second tap.
+CARD_DWELL_S = 0.3
+TRANSACTION_ACTIONS = ("StartTransaction", "MeterValues", "StopTransaction")
+# Fast retries so that each scenario takes seconds (OCPP keys go in config.toml [ocpp]).
+FAST_RETRIES = {
+    "ocpp__TransactionMessageAttempts": 2,
+    "ocpp__TransactionMessageRetryInterval": 1,
+}
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+class Taps:
+    """Taps cards like a driver: the same card twice is two taps only once it left the field."""
+
+    def __init__(self, kiosk: Kiosk) -> None:
+        self._kiosk = kiosk
+        self._last: dict[str, float] = {}
+
+    async def __call__(self, card: str) -> float:
+        """Tap `card`; return the moment of the tap (monotonic)."""
+        held = self._last.get(card, -10.0) + CARD_DWELL_S - time.monotonic()
+        if held > -0.5:
+            if held > 0:
+                await asyncio.sleep(held)  # the card is still in the driver's hand
+            # The reader must see the empty field before the same card counts again.
+            polls = (await self._kiosk.status())["rfid"]["polls"]
+            await self._kiosk.wait_for(
+                "the reader to poll an empty field", lambda s: s["rfid"]["polls"] >= polls + 2
+            )
+        await self._kiosk.tap(card)
+        self._last[card] = time.monotonic()
+        return self._last[card]
+
+
+def online(status: dict[str, Any]) -> bool:
+    return bool(status["links"]["csms"]["state"] == "online")
+
+
+def has_telemetry(status: dict[str, Any]) -> bool:
+    return status["connector"]["last_sample"] is not None
+
+
+def phase(name: str) -> Any:
+    return lambda s: s["connector"]["phase"] == name
+
+
+def outbox_empty(status: dict[str, Any]) -> bool:
+    return bool(status["outbox"]["depth"] == 0)
+
+
+async def ready(kiosk: Kiosk) -> dict[str, Any]:
+    return await kiosk.wait_for("online with telemetry", lambda s: online(s) and has_telemetry(s))
+
+
+def local_list(version: int, **cards: str) -> dict[str, Any]:
+    return {
+        "listVersion": version,
+        "updateType": "Full",
+        "localAuthorizationList": [
+            {"idTag": tag, "idTagInfo": {"status": status}} for tag, status in cards.items()
+        ],
+    }
+
+
+class Starts:
+    """A StartTransaction responder that numbers transactions from `first` and remembers them."""
+
+    def __init__(self, first: int, status: str = "Accepted") -> None:
+        self._ids = itertools.count(first)
+        self.status = status
+        self.given: list[tuple[Received, int]] = []
+
+    def __call__(self, call: Received) -> Answer:
+        # Never de-duplicated: every StartTransaction, even a resend, gets a new id.
+        transaction_id = next(self._ids)
+        self.given.append((call, transaction_id))
+        return {"transactionId": transaction_id, "idTagInfo": {"status": self.status}}
+
+
+class Boots:
+    """A BootNotification responder whose answer the test switches; records when boots came."""
+
+    def __init__(self, status: str, retry_s: int = 1) -> None:
+        self.status = status
+        self.retry_s = retry_s
+        self.at: list[float] = []
+
+    def __call__(self, call: Received) -> Answer:
+        self.at.append(time.monotonic())
+        interval = 300 if self.status == "Accepted" else self.retry_s
+        return {"status": self.status, "currentTime": now_iso(), "interval": interval}
+
+
+class SlowAuthorize:
+    """An Authorize responder that answers after `delay_s`, or when released (test end).
+
+    ScriptedCsms handles a connection's frames one after the other, so while it sits
+    here it reads nothing else from the charge point: a CSMS that hangs.
+    """
+
+    def __init__(self, delay_s: float = 10.0) -> None:
+        self.delay_s = delay_s
+        self.released = asyncio.Event()
+
+    async def __call__(self, call: Received) -> Answer:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.released.wait(), self.delay_s)
+        return {"idTagInfo": {"status": "Accepted"}}
+
+
+def transaction_tokens(calls: list[Received], connector: int = 1) -> list[str]:
+    """The connector's transaction messages and statuses in arrival order, as short tokens."""
+    tokens = []
+    for call in calls:
+        p = call.payload
+        if call.action == "StatusNotification" and p["connectorId"] == connector:
+            tokens.append(p["status"])
+        elif call.action in ("StartTransaction", "StopTransaction"):
+            tokens.append(call.action[:-11])  # Start / Stop
+        elif call.action == "MeterValues" and p["connectorId"] == connector:
+            tokens.append("MeterValues")
+    return tokens
+
+
+def one_session_shape(tokens: list[str]) -> list[str]:
+    """Tokens with runs of MeterValues squeezed to one."""
+    return [t for i, t in enumerate(tokens) if t != "MeterValues" or tokens[i - 1] != t]
+
+
+def check_transaction_ids(calls: list[Received], starts: Starts) -> None:
+    """Each MeterValues and Stop carries the id the CSMS gave its session's Start, one per
+    session (a resent Start may have got several ids from a CSMS that does not de-duplicate)."""
+    given: dict[str, set[int]] = {}
+    for start, transaction_id in starts.given:
+        given.setdefault(start.unique_id, set()).add(transaction_id)
+    used: dict[str, set[int]] = {}
+    start_id: str | None = None
+    for call in calls:
+        if call.action == "StartTransaction":
+            start_id = call.unique_id
+        elif call.action in ("MeterValues", "StopTransaction"):
+            assert start_id is not None, call
+            transaction_id = call.payload["transactionId"]
+            assert transaction_id in given[start_id], (call, given[start_id])
+            used.setdefault(start_id, set()).add(transaction_id)
+    assert all(len(ids) == 1 for ids in used.values()), used
+
+
+def check_sent_once(calls: list[Received]) -> None:
+    """A unique id seen twice is a resend of the same message; no queued message (they all
+    carry a timestamp) went out again under a new id."""
+    by_id: dict[str, Received] = {}
+    for call in calls:
+        first = by_id.setdefault(call.unique_id, call)
+        assert (first.action, first.payload) == (call.action, call.payload), call
+    queued = [
+        json.dumps([c.action, c.payload], sort_keys=True)
+        for c in by_id.values()
+        if c.action in ("StatusNotification", *TRANSACTION_ACTIONS)
+    ]
+    assert len(set(queued)) == len(queued), sorted(queued)
+
+
+def timestamps(call: Received) -> list[str]:
+    p = call.payload
+    if call.action == "MeterValues":
+        return [value["timestamp"] for value in p["meterValue"]]
+    return [p["timestamp"]] if "timestamp" in p else []
+
+
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "var" / "edgepoint.db"
+
+
+def log_text(kiosk: Kiosk) -> str:
+    return kiosk.daemon.log.read_text(errors="replace")
+
+
+# -- boot ----------------------------------------------------------------------------
+
+
+async def test_boot_accepted_reports_status_and_follows_the_heartbeat_interval(
+    tmp_path: Path,
+) -> None:
+    async with (
+        ScriptedCsms(heartbeat_interval=1) as csms,
+        running(scenario_config(tmp_path, csms)) as kiosk,
+    ):
+        status = await ready(kiosk)
+        assert status["links"]["csms"]["heartbeat_interval"] == 1
+        await csms.wait_calls("Heartbeat", 2)
+        reply = await csms.call("GetConfiguration", {"key": ["HeartbeatInterval"]})
+        assert reply["configurationKey"][0]["value"] == "1"
+
+    assert csms.violations == []
+    boot = csms.calls()[0]
+    assert boot.action == "BootNotification"
+    assert boot.payload["chargePointModel"] and boot.payload["chargePointVendor"]
+    assert len(csms.calls("BootNotification")) == 1
+    statuses = {(p["connectorId"], p["status"]) for p in csms.payloads("StatusNotification")}
+    assert statuses == {(0, "Available"), (1, "Available")}
+
+
+@pytest.mark.parametrize("registration", ["Pending", "Rejected"])
+async def test_not_accepted_boot_holds_everything_back_until_accepted(
+    tmp_path: Path, registration: str
+) -> None:
+    boots = Boots(registration, retry_s=1)
+    async with ScriptedCsms() as csms:
+        csms.responders["BootNotification"] = boots
+        config = scenario_config(tmp_path, csms, ocpp__AllowOfflineTxForUnknownId=True)
+        async with running(config) as kiosk:
+            state = registration.lower()
+            await kiosk.wait_for(state, lambda s: s["links"]["csms"]["state"] == state)
+            if registration == "Pending":
+                # §4.2: while pending, the CSMS may configure the charge point.
+                reply = await csms.call("GetConfiguration", {"key": ["HeartbeatInterval"]})
+                assert reply["configurationKey"][0]["key"] == "HeartbeatInterval"
+            # A driver does not care whether the CSMS accepted us: offline rules apply.
+            taps = Taps(kiosk)
+            await kiosk.wait_for("telemetry", has_telemetry)
+            await taps(STRANGER)
+            await kiosk.wait_for("charging", phase("Charging"))
+            await csms.wait_calls("BootNotification", 3)
+            gaps = [b - a for a, b in itertools.pairwise(boots.at)]
+            assert all(gap >= 0.9 for gap in gaps), gaps  # the interval the CSMS asked for
+            assert {r.action for r in csms.received} == {"BootNotification"}
+
+            boots.status = "Accepted"
+            await kiosk.wait_for("online", online)
+            await kiosk.wait_for(
+                "the session's transaction id",
+                lambda s: s["connector"]["session"]["transaction_id"] is not None,
+            )
+            await csms.wait_calls("MeterValues")
+            await taps(STRANGER)
+            await csms.wait_calls("StopTransaction")
+            await kiosk.wait_for("outbox delivered", outbox_empty)
+
+    assert csms.violations == []
+    after_boot = [r.action for r in csms.received if r.action != "Heartbeat"]
+    accepted_at = len(boots.at)
+    assert after_boot[:accepted_at] == ["BootNotification"] * accepted_at
+    tokens = transaction_tokens(csms.received[accepted_at:])
+    assert one_session_shape(tokens) == [
+        "Available",
+        "Preparing",
+        "Start",
+        "Charging",
+        "MeterValues",
+        "Finishing",
+        "Stop",
+        "Available",
+    ]
+    (start,) = csms.payloads("StartTransaction")
+    assert start["idTag"] == STRANGER
+    tx = 1001  # ScriptedCsms numbers transactions from 1001
+    assert all(p["transactionId"] == tx for p in csms.payloads("MeterValues"))
+    assert csms.payloads("StopTransaction")[0]["transactionId"] == tx
+
+
+# -- authorization with the CSMS online ------------------------------------------------
+
+
+async def test_cards_the_csms_refuses_start_nothing_and_an_accepted_card_charges(
+    tmp_path: Path,
+) -> None:
+    refused = {"04B10C4D": "Blocked", "04E4B1ED": "Expired", "0419BA1D": "Invalid"}
+    async with ScriptedCsms() as csms, running(scenario_config(tmp_path, csms)) as kiosk:
+        csms.id_tags.update(refused)
+        taps = Taps(kiosk)
+        await ready(kiosk)
+        for card, verdict in refused.items():
+            await taps(card)
+            await csms.wait_for(
+                f"Authorize {card}", lambda c=card: c in [p["idTag"] for p in csms.payloads("Authorize")]
+            )
+            # The verdict is back once the connector leaves Authorizing; its OCPP status
+            # never moved from Available and no session exists.
+            status = await kiosk.wait_for("verdict", phase("Available"))
+            assert status["connector"]["status"] == "Available"
+            assert status["connector"]["session"] is None
+            assert status["connector"]["relay_closed"] is False
+            assert f"card ****{card[-4:]}: {verdict} (Csms)" in log_text(kiosk)
+        assert csms.calls("StartTransaction") == []
+        assert [p["status"] for p in csms.payloads("StatusNotification")] == ["Available"] * 2
+
+        await taps(CARD)
+        status = await kiosk.wait_for("charging", phase("Charging"))
+        assert status["connector"]["relay_closed"] is True
+        (start,) = await csms.wait_calls("StartTransaction")
+        assert start.payload["idTag"] == CARD
+
+    assert csms.violations == []
+    assert [p["idTag"] for p in csms.payloads("Authorize")] == [*refused, CARD]
+
+
+async def test_the_csms_answers_are_cached_and_clear_cache_empties_the_cache(
+    tmp_path: Path,
+) -> None:
+    async with ScriptedCsms() as csms, running(scenario_config(tmp_path, csms)) as kiosk:
+        csms.id_tags[OTHER] = "Blocked"
+        taps = Taps(kiosk)
+        await ready(kiosk)
+        await taps(CARD)
+        await kiosk.wait_for("charging", phase("Charging"))
+        await taps(CARD)
+        await kiosk.wait_for("available", phase("Available"))
+        await taps(OTHER)
+        await csms.wait_calls("Authorize", 2)
+        await kiosk.wait_for("outbox delivered", outbox_empty)
+        cached = dict(query(db_path(tmp_path), "SELECT id_tag, status FROM auth_cache"))
+        assert cached == {CARD: "Accepted", OTHER: "Blocked"}
+
+        assert await csms.call("ClearCache", {}) == {"status": "Accepted"}
+        assert query(db_path(tmp_path), "SELECT id_tag FROM auth_cache") == []
+
+    assert csms.violations == []
+
+
+async def test_local_pre_authorize_starts_a_listed_card_without_asking(tmp_path: Path) -> None:
+    config_overrides = {"ocpp__LocalPreAuthorize": True}
+    async with ScriptedCsms() as csms:
+        async with running(scenario_config(tmp_path, csms, **config_overrides)) as kiosk:
+            taps = Taps(kiosk)
+            await ready(kiosk)
+            reply = await csms.call("SendLocalList", local_list(1, **{CARD: "Accepted"}))
+            assert reply == {"status": "Accepted"}
+            await taps(CARD)
+            await kiosk.wait_for("charging", phase("Charging"))
+            await csms.wait_calls("StartTransaction")
+            await taps(CARD)
+            await csms.wait_calls("StopTransaction")
+
+    assert csms.violations == []
+    assert csms.calls("Authorize") == []
+
+
+@pytest.mark.parametrize("allow_unknown", [False, True])
+async def test_a_hanging_csms_costs_the_driver_at_most_the_authorize_timeout(
+    tmp_path: Path, allow_unknown: bool
+) -> None:
+    slow = SlowAuthorize(delay_s=10)
+    timeout_s = 1.0
+    config = dict(
+        chargepoint__authorize_timeout_s=timeout_s,
+        chargepoint__response_timeout=1,
+        ocpp__AllowOfflineTxForUnknownId=allow_unknown,
+    )
+    starts = Starts(first=1001)
+    async with ScriptedCsms() as csms, running(scenario_config(tmp_path, csms, **config)) as kiosk:
+        csms.responders["StartTransaction"] = starts
+        try:
+            taps = Taps(kiosk)
+            await ready(kiosk)
+            assert await csms.call("SendLocalList", local_list(1, **{OTHER: "Accepted"})) == {
+                "status": "Accepted"
+            }
+            # CARD gets into the cache the ordinary way: the CSMS accepts it once.
+            await taps(CARD)
+            await kiosk.wait_for("charging", phase("Charging"))
+            await taps(CARD)
+            await kiosk.wait_for("available", phase("Available"))
+            await kiosk.wait_for("outbox delivered", outbox_empty)
+
+            csms.responders["Authorize"] = slow
+            tapped = await taps(STRANGER)
+            await csms.wait_calls("Authorize", 2)
+            if allow_unknown:
+                status = await kiosk.wait_for("charging", phase("Charging"))
+            else:
+                status = await kiosk.wait_for("refused", phase("Available"))
+                assert status["connector"]["session"] is None
+            decided = time.monotonic() - tapped
+            assert decided < timeout_s + 0.8, decided
+            verdict = "Accepted (OfflineUnknown)" if allow_unknown else "Unavailable (None)"
+            assert f"card ****AABB: {verdict}" in log_text(kiosk)
+            if allow_unknown:
+                await taps(STRANGER)
+                await kiosk.wait_for("available", phase("Available"))
+
+            for card, source in ((CARD, "Cache"), (OTHER, "LocalList")):
+                tapped = await taps(card)
+                await kiosk.wait_for(f"{card} charging", phase("Charging"))
+                assert time.monotonic() - tapped < timeout_s + 0.8
+                assert f"card ****{card[-4:]}: Accepted ({source})" in log_text(kiosk)
+                await taps(card)
+                await kiosk.wait_for("available", phase("Available"))
+        finally:
+            slow.released.set()
+        # The CSMS wakes up: what the sessions queued meanwhile gets through, consistently.
+        await kiosk.wait_for("outbox delivered", outbox_empty, within_s=20)
+        assert (await kiosk.status())["alarms"] == []
+
+    assert csms.violations == []
+    sessions = 4 if allow_unknown else 3
+    assert len({start.unique_id for start, _ in starts.given}) == sessions
+    check_transaction_ids(csms.received, starts)
+    check_sent_once(csms.received)
+
+
+# -- offline sessions, delivered later ------------------------------------------------------
+
+
+async def test_offline_sessions_reach_the_csms_in_order_with_its_transaction_ids(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    config = scenario_config(
+        tmp_path, ScriptedCsms(port=port), ocpp__AllowOfflineTxForUnknownId=True
+    )
+    cards = [CARD, STRANGER, CARD]  # listed, unknown (allowed offline), listed again
+    async with running(config) as kiosk:
+        taps = Taps(kiosk)
+        async with ScriptedCsms(port=port) as before:
+            await ready(kiosk)
+            assert await before.call("SendLocalList", local_list(1, **{CARD: "Accepted"})) == {
+                "status": "Accepted"
+            }
+            await kiosk.wait_for("outbox delivered", outbox_empty)
+        await kiosk.wait_for("offline", lambda s: not online(s))
+
+        for card in cards:
+            await taps(card)
+            status = await kiosk.wait_for(f"{card} charging offline", phase("Charging"))
+            assert status["connector"]["relay_closed"] is True
+            assert status["connector"]["session"]["transaction_id"] is None
+            # Long enough for at least one sampled MeterValues (interval 1 s).
+            await kiosk.wait_for(
+                "a MeterValues' worth of energy",
+                lambda s: (s["connector"]["session"] or {}).get("energy_wh", 0) >= 13,
+            )
+            await taps(card)
+            await kiosk.wait_for("available", phase("Available"))
+        queued = (await kiosk.status())["outbox"]["depth"]
+        assert queued >= 3 * 7  # per session: 4 statuses, Start, MeterValues, Stop
+
+        starts = Starts(first=7001)
+        async with ScriptedCsms(port=port) as after:
+            after.responders["StartTransaction"] = starts
+            await kiosk.wait_for("online again", online)
+            await kiosk.wait_for("outbox delivered", outbox_empty, within_s=20)
+            await after.wait_calls("StopTransaction", len(cards))
+
+    assert before.violations == [] and after.violations == []
+    calls = after.received
+    assert after.calls("BootNotification") == []  # booted once per process, before
+    # Each session: its statuses, Start, MeterValues, Stop, in the order they happened.
+    tokens = transaction_tokens(calls)
+    session_shape = ["Preparing", "Start", "Charging", "MeterValues", "Finishing", "Stop"]
+    assert one_session_shape(tokens) == [*session_shape, "Available"] * len(cards), tokens
+    stamps = [stamp for call in calls for stamp in timestamps(call)]
+    assert stamps == sorted(stamps)
+    # Every message exactly once: no unique id twice, no payload twice under a new id.
+    assert len({c.unique_id for c in calls}) == len(calls)
+    assert len({json.dumps(c.payload, sort_keys=True) for c in calls}) == len(calls)
+    # MeterValues and Stop carry the id the CSMS gave that session's Start.
+    given = [tx for _, tx in starts.given]
+    assert [call.payload["idTag"] for call, _ in starts.given] == cards
+    current: int | None = None
+    for call in calls:
+        if call.action == "StartTransaction":
+            current = given.pop(0)
+        elif call.action in ("MeterValues", "StopTransaction"):
+            assert call.payload["transactionId"] == current, call
+            if call.action == "StopTransaction":
+                current = None
+    assert given == []
+
+
+# -- a StartTransaction.conf that refuses the card ----------------------------------------
+
+
+def accept_every_authorize(call: Received) -> Answer:
+    # The card passes Authorize; only the StartTransaction.conf says Blocked.
+    return {"idTagInfo": {"status": "Accepted"}}
+
+
+async def test_blocked_at_start_ends_the_session_deauthorized(tmp_path: Path) -> None:
+    async with ScriptedCsms() as csms:
+        config = scenario_config(tmp_path, csms, ocpp__StopTransactionOnInvalidId=True)
+        async with running(config) as kiosk:
+            csms.id_tags[CARD] = "Blocked"
+            csms.responders["Authorize"] = accept_every_authorize
+            await ready(kiosk)
+            await Taps(kiosk)(CARD)
+            (stop,) = await csms.wait_calls("StopTransaction")
+            status = await kiosk.wait_for("available", phase("Available"))
+            assert status["connector"]["relay_closed"] is False
+            await kiosk.wait_for("outbox delivered", outbox_empty)
+
+    assert csms.violations == []
+    assert stop.payload["reason"] == "DeAuthorized"
+    assert stop.payload["transactionId"] == 1001
+    assert "idTag" not in stop.payload  # nobody presented a card to stop it
+    tokens = [t for t in transaction_tokens(csms.received) if t != "MeterValues"]
+    assert tokens == ["Available", "Preparing", "Start", "Charging", "Finishing", "Stop", "Available"]
+
+
+@pytest.mark.parametrize("allowance_wh", [0, 15])
+async def test_blocked_at_start_without_stopping_withholds_energy_until_the_card_stops_it(
+    tmp_path: Path, allowance_wh: int
+) -> None:
+    overrides = {
+        "ocpp__StopTransactionOnInvalidId": False,
+        "ocpp__MaxEnergyOnInvalidId": allowance_wh,
+    }
+    async with ScriptedCsms() as csms:
+        async with running(scenario_config(tmp_path, csms, **overrides)) as kiosk:
+            csms.id_tags[CARD] = "Blocked"
+            csms.responders["Authorize"] = accept_every_authorize
+            taps = Taps(kiosk)
+            await ready(kiosk)
+            await taps(CARD)
+            await csms.wait_calls("StartTransaction")
+            suspended = await kiosk.wait_for("SuspendedEVSE", phase("Suspended"))
+            connector = suspended["connector"]
+            assert connector["status"] == "SuspendedEVSE"
+            assert connector["relay_closed"] is False
+            energy = connector["session"]["energy_wh"]
+            if allowance_wh:
+                assert allowance_wh <= energy <= allowance_wh + 15, energy
+            else:
+                assert energy < 10, energy  # stopped as soon as the answer came
+            await csms.wait_for(
+                "SuspendedEVSE reported",
+                lambda: "SuspendedEVSE" in [p["status"] for p in csms.payloads("StatusNotification")],
+            )
+            # The relay stays open: no more energy flows while suspended.
+            later = await kiosk.wait_for(
+                "a few more samples",
+                lambda s: s["connector"]["last_sample"]["seq"]
+                >= connector["last_sample"]["seq"] + 5,
+            )
+            assert later["connector"]["session"]["energy_wh"] == energy
+            await taps(CARD)
+            (stop,) = await csms.wait_calls("StopTransaction")
+            await kiosk.wait_for("available", phase("Available"))
+            await kiosk.wait_for("outbox delivered", outbox_empty)
+
+    assert csms.violations == []
+    assert stop.payload["reason"] == "Local" and stop.payload["idTag"] == CARD
+    (start,) = csms.payloads("StartTransaction")
+    assert stop.payload["meterStop"] - start["meterStart"] == energy
+    statuses = [p["status"] for p in csms.payloads("StatusNotification") if p["connectorId"] == 1]
+    assert statuses[-4:] == ["Charging", "SuspendedEVSE", "Finishing", "Available"]
+
+
+# -- retries, parking, dead letters, timeouts ----------------------------------------------
+
+
+def refuse_start(call: Received) -> Answer:
+    return Error("InternalError", "the test refuses StartTransaction")
+
+
+def bad_start_reply(call: Received) -> Answer:
+    # A CALLRESULT that breaks the schema: transactionId must be an integer.
+    reply = {"transactionId": "abc", "idTagInfo": {"status": "Accepted"}}
+    return Raw(json.dumps([3, call.unique_id, reply]))
+
+
+@pytest.mark.parametrize("refusal", [refuse_start, bad_start_reply], ids=["callerror", "bad"])
+async def test_a_start_refused_attempts_times_is_parked_with_an_alarm_then_delivered(
+    tmp_path: Path, refusal: Any
+) -> None:
+    async with ScriptedCsms() as csms:
+        async with running(scenario_config(tmp_path, csms, **FAST_RETRIES)) as kiosk:
+            csms.responders["StartTransaction"] = refusal
+            taps = Taps(kiosk)
+            await ready(kiosk)
+            await taps(CARD)
+            parked = await kiosk.wait_for("parked", lambda s: s["outbox"]["parked"] == 1)
+            assert len(csms.calls("StartTransaction")) == 2  # TransactionMessageAttempts
+            (alarm,) = parked["alarms"]
+            assert "StartTransaction" in alarm and "parked" in alarm
+            # The session runs as usual meanwhile; its statuses are not held back.
+            assert parked["connector"]["phase"] == "Charging"
+            assert parked["connector"]["relay_closed"] is True
+            await csms.wait_for(
+                "Charging reported",
+                lambda: "Charging" in [p["status"] for p in csms.payloads("StatusNotification")],
+            )
+            await kiosk.wait_for("a MeterValues queued", lambda s: s["outbox"]["depth"] >= 2)
+            await taps(CARD)
+            stopped = await kiosk.wait_for("available", phase("Available"))
+            assert stopped["connector"]["relay_closed"] is False
+            assert csms.calls("MeterValues") == [] and csms.calls("StopTransaction") == []
+
+            # The CSMS is fixed; the next connection gives parked messages a new round.
+            del csms.responders["StartTransaction"]
+            await csms.disconnect()
+            delivered = await kiosk.wait_for("outbox delivered", outbox_empty)
+            assert delivered["alarms"] == []
+            assert delivered["outbox"]["dead_letters"] == 0
+
+    assert csms.violations == []
+    tries = csms.calls("StartTransaction")
+    assert len(tries) == 3 and len({t.unique_id for t in tries}) == 1  # one message, resent
+    (stop,) = csms.payloads("StopTransaction")
+    assert stop["transactionId"] == 1001  # the id the accepted try got
+    assert csms.payloads("MeterValues")
+    assert all(p["transactionId"] == 1001 for p in csms.payloads("MeterValues"))
+    assert query(db_path(tmp_path), "SELECT COUNT(*) FROM dead_letters") == [(0,)]
+
+
+async def test_a_meter_values_refused_attempts_times_is_dead_lettered_and_delivery_goes_on(
+    tmp_path: Path,
+) -> None:
+    refused: list[str] = []
+
+    def refuse_first_meter_values(call: Received) -> Answer:
+        if not refused:
+            refused.append(call.unique_id)
+        if call.unique_id == refused[0]:
+            return Error("InternalError", "the test refuses this MeterValues")
+        return {}
+
+    async with ScriptedCsms() as csms:
+        async with running(scenario_config(tmp_path, csms, **FAST_RETRIES)) as kiosk:
+            csms.responders["MeterValues"] = refuse_first_meter_values
+            taps = Taps(kiosk)
+            await ready(kiosk)
+            await taps(CARD)
+            await kiosk.wait_for("dead letter", lambda s: s["outbox"]["dead_letters"] == 1)
+            # Later messages flow again: more MeterValues, then the stop.
+            await csms.wait_calls("MeterValues", 3)
+            await taps(CARD)
+            await csms.wait_calls("StopTransaction")
+            done = await kiosk.wait_for("outbox delivered", outbox_empty)
+            assert done["alarms"] == [] and done["outbox"]["parked"] == 0
+
+    assert csms.violations == []
+    assert [c.unique_id for c in csms.calls("MeterValues")].count(refused[0]) == 2
+    ((action, reason),) = query(db_path(tmp_path), "SELECT action, reason FROM dead_letters")
+    assert action == "MeterValues" and "refused 2" in reason
+
+
+async def test_an_unanswered_stop_is_resent_with_the_same_id_and_accepted_once(
+    tmp_path: Path,
+) -> None:
+    answered: list[str] = []
+
+    def silent_once(call: Received) -> Answer:
+        if not answered:
+            answered.append(call.unique_id)
+            return SILENCE
+        return {"idTagInfo": {"status": "Accepted"}}
+
+    overrides = {"chargepoint__response_timeout": 1, **FAST_RETRIES}
+    async with ScriptedCsms() as csms:
+        async with running(scenario_config(tmp_path, csms, **overrides)) as kiosk:
+            csms.responders["StopTransaction"] = silent_once
+            taps = Taps(kiosk)
+            await ready(kiosk)
+            await taps(CARD)
+            await kiosk.wait_for("charging", phase("Charging"))
+            await taps(CARD)
+            first, again = await csms.wait_calls("StopTransaction", 2)
+            await kiosk.wait_for("outbox delivered", outbox_empty)
+            status = await kiosk.wait_for("available", phase("Available"))
+
+    assert csms.violations == []
+    assert first.unique_id == again.unique_id and first.payload == again.payload
+    assert len(csms.calls("StopTransaction")) == 2  # accepted on the resend, never sent again
+    assert status["alarms"] == [] and status["outbox"]["dead_letters"] == 0
+    # Received compares by value and the resend equals the first try: find it by identity.
+    resent_at = next(i for i, c in enumerate(csms.received) if c is again)
+    after_stop = csms.received[resent_at + 1 :]
+    assert [(c.action, c.payload.get("status")) for c in after_stop] == [
+        ("StatusNotification", "Available")
+    ]
