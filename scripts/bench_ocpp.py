@@ -33,12 +33,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from support.scripted_csms import ScriptedCsms  # noqa: E402
+from support.scripted_csms import ScriptedCsms
 
-from edgepoint.chargepoint import messages  # noqa: E402
-from edgepoint.charging.events import IdTag, SessionId, TelemetrySample  # noqa: E402
-from edgepoint.control.client import request, watch  # noqa: E402
-from edgepoint.storage.chargepoint import ChargePointStore  # noqa: E402
+from edgepoint.chargepoint import messages
+from edgepoint.charging.events import IdTag, SessionId, TelemetrySample
+from edgepoint.control.client import request, watch
+from edgepoint.storage.chargepoint import ChargePointStore
 
 CARD = "04A1B2C3"
 
