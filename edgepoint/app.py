@@ -185,7 +185,7 @@ class Station:
                 "commit_window_ms_p50": sender.commit_window_ms_p50,
                 "commit_window_ms_max": sender.commit_window_ms_max,
             },
-            "alarms": list(sender.alarms),
+            "alarms": _alarms(sender.alarms, outbox.parked),
             "events_rejected": k.events_rejected,
         }
 
@@ -209,6 +209,18 @@ class Station:
                 step()
 
         return unwatch
+
+
+def _alarms(sender_alarms: tuple[str, ...], parked: int) -> list[str]:
+    """What needs a human: the sender's alarms, and parked billing it has not seen this run."""
+    alarms = list(sender_alarms)
+    noted = sum("parked" in alarm for alarm in alarms)
+    if parked > noted:
+        alarms.append(
+            f"{parked - noted} StartTransaction/StopTransaction parked after repeated refusals"
+            " (kept; retried at every connection and every 15 min)"
+        )
+    return alarms
 
 
 def _plain(snapshot: Any) -> Any:

@@ -116,7 +116,23 @@ def _first_error(message_type: int, action: str, payload: dict[str, Any]) -> Ref
         return None
     location = "/".join(str(part) for part in error.absolute_path) or "(payload)"
     code = _CODES.get(str(error.validator), ErrorCode.FORMATION_VIOLATION)
-    return Refusal(code, f"{location}: {error.message}"[:200])
+    return Refusal(code, f"{location}: {_rule(error)}"[:200])
+
+
+def _rule(error: ValidationError) -> str:
+    """The rule broken, without the offending value: causes are logged and sent back, and
+    values may be id tags or whatever a hostile peer chose to put there."""
+    rule = str(error.validator)
+    if rule == "required":
+        return error.message.replace("'", "")[:120]  # names the missing property
+    if rule == "additionalProperties":
+        return "property not allowed here"
+    if rule in ("type", "enum", "format", "minimum", "maximum", "maxLength", "minLength"):
+        expected = error.validator_value
+        if rule == "type" and "32-bit" in error.message:
+            return "integer out of the 32-bit range"
+        return f"{rule} must be {expected}"[:160]
+    return f"breaks {rule} {error.validator_value}"[:160]
 
 
 def check_action(action: str) -> None:

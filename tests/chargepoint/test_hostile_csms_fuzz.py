@@ -705,13 +705,14 @@ async def test_thousands_of_hostile_frames_cost_a_callerror_each_and_never_the_s
 async def test_bad_answers_to_the_charge_points_own_calls_are_retried_never_dropped(
     tmp_path: Path,
 ) -> None:
-    """StartTransaction.conf with transactionId "abc", a CALLERROR, 2**70: the Start is
+    """StartTransaction.conf with transactionId "abc", 2**70, a CALLERROR: the Start is
     retried with its own id, parked with an alarm, never dead-lettered, and the session
     charges on; a later valid answer (a negative id, which OCPP's integer allows) wins."""
+    hostile_text = "database on fire\nERROR forged line\x1b[31m"
     starts: list[Any] = [
         {"transactionId": "abc", "idTagInfo": {"status": "Accepted"}},
-        Error("InternalError", "database on fire"),
         {"transactionId": 2**70, "idTagInfo": {"status": "Accepted"}},
+        Error("InternalError\n\x1b[2J", hostile_text),  # after the reconnect
         {"transactionId": -7, "idTagInfo": {"status": "Accepted"}},
     ]
     boots = iter(
@@ -732,7 +733,7 @@ async def test_bad_answers_to_the_charge_points_own_calls_are_retried_never_drop
             tmp_path,
             csms,
             ocpp__HeartbeatInterval=1,
-            ocpp__TransactionMessageAttempts=3,
+            ocpp__TransactionMessageAttempts=2,
             ocpp__TransactionMessageRetryInterval=1,
         )
         async with running(config) as kiosk:
@@ -742,6 +743,7 @@ async def test_bad_answers_to_the_charge_points_own_calls_are_retried_never_drop
                 lambda s: s["links"]["csms"]["state"] == "online"
                 and s["connector"]["last_sample"] is not None,
             )
+            online_at = time.monotonic()
             assert online["links"]["csms"]["heartbeat_interval"] == 1
             await kiosk.tap(CARD)
             parked = await kiosk.wait_for(
@@ -753,11 +755,9 @@ async def test_bad_answers_to_the_charge_points_own_calls_are_retried_never_drop
             connector = parked["connector"]
             assert connector["status"] == "Charging" and connector["relay_closed"]
             assert connector["session"]["transaction_id"] is None
-            assert len(csms.calls("StartTransaction")) == 3
-            # Heartbeats with garbage times do not turn into a heartbeat storm.
-            beats = len(csms.calls("Heartbeat"))
-            await asyncio.sleep(1.5)
-            assert len(csms.calls("Heartbeat")) - beats <= 3
+            assert len(csms.calls("StartTransaction")) == 2
+            # The session's MeterValues wait behind their Start: none went without an id.
+            assert csms.payloads("MeterValues") == []
 
             # A new connection gives the parked Start another round at once.
             await csms.disconnect()
@@ -767,6 +767,7 @@ async def test_bad_answers_to_the_charge_points_own_calls_are_retried_never_drop
                 and s["connector"]["session"]["transaction_id"] == -7,
             )
             assert confirmed["alarms"] == [] and confirmed["outbox"]["parked"] == 0
+            assert confirmed["connector"]["status"] == "Charging"
             tries = csms.calls("StartTransaction")
             assert len(tries) == 4 and len({t.unique_id for t in tries}) == 1
             assert len({json.dumps(t.payload, sort_keys=True) for t in tries}) == 1
@@ -781,18 +782,12 @@ async def test_bad_answers_to_the_charge_points_own_calls_are_retried_never_drop
                 "drained", lambda s: s["outbox"]["depth"] == 0 and s["connector"]["session"] is None
             )
             assert done["outbox"]["dead_letters"] == 0 and done["outbox"]["quarantined"] == 0
+            assert done["links"]["csms"]["connects"] == 2
             assert kiosk.daemon.proc is not None and kiosk.daemon.proc.poll() is None
-    assert all(p.get("transactionId") in (None, -7) for p in csms.payloads("MeterValues"))
+            # Garbage times in every Heartbeat.conf do not turn into a heartbeat storm.
+            beats = len(csms.calls("Heartbeat"))
+            assert beats <= time.monotonic() - online_at + 2, beats
+    assert {p.get("transactionId") for p in csms.payloads("MeterValues")} == {-7}
     assert csms.violations == []
     log = (tmp_path / "daemon.log").read_text(errors="replace")
     assert not log_problems(log, (CARD,)), log_problems(log, (CARD,))
-
-
-def _debug_dump(csms: FuzzCsms, probes: list[Probe]) -> None:
-    blind = csms.replies.get(UNREADABLE, [])
-    expected = [p for p in probes if p.unique_id == UNREADABLE or p.maybe_blind]
-    with open("/tmp/probe/blind.txt", "w") as f:
-        for i in range(max(len(blind), len(expected))):
-            a = blind[i][4].get("cause") if i < len(blind) else None
-            b = (expected[i].kind, str(expected[i].text)[:40]) if i < len(expected) else None
-            f.write(f"{a!r}\t{b!r}\n")

@@ -353,8 +353,10 @@ async def test_remote_start_on_an_available_connector_starts_with_that_id_tag(
 async def test_remote_start_is_authorized_first_when_asked_and_a_blocked_tag_gets_nothing(
     tmp_path: Path,
 ) -> None:
-    config = scenario_config(tmp_path, csms := ScriptedCsms(), ocpp__AuthorizeRemoteTxRequests=True)
-    async with csms, running(config) as kiosk:
+    async with (
+        ScriptedCsms() as csms,
+        running(scenario_config(tmp_path, csms, ocpp__AuthorizeRemoteTxRequests=True)) as kiosk,
+    ):
         csms.id_tags["BLOCKED-1"] = "Blocked"
         await ready(kiosk)
         blocked = await csms.call("RemoteStartTransaction", {"connectorId": 1, "idTag": "BLOCKED-1"})
@@ -478,8 +480,10 @@ async def test_inoperative_during_a_session_is_scheduled_until_the_session_ends(
 
 
 async def test_connector_zero_changes_every_connector(tmp_path: Path) -> None:
-    config = two_connectors(scenario_config(tmp_path, csms := ScriptedCsms()))
-    async with csms, running(config) as kiosk:
+    async with (
+        ScriptedCsms() as csms,
+        running(two_connectors(scenario_config(tmp_path, csms))) as kiosk,
+    ):
         await ready(kiosk, connectors=2)
         off = await csms.call("ChangeAvailability", {"connectorId": 0, "type": "Inoperative"})
         await csms.wait_for(
@@ -501,7 +505,8 @@ async def test_connector_zero_changes_every_connector(tmp_path: Path) -> None:
 
     assert csms.violations == []
     assert off == on == {"status": "Accepted"}
-    assert unknown == {"status": "Rejected"} or unknown[0] == "error"
+    # No such connector: the request itself is at fault (a CallError, not a status).
+    assert unknown == ("error", "PropertyConstraintViolation")
     for cid in (0, 1, 2):
         assert statuses(csms, cid) == ["Available", "Unavailable", "Available"], cid
 
@@ -519,7 +524,9 @@ async def test_availability_survives_a_restart(tmp_path: Path) -> None:
             await csms.wait_calls("BootNotification", 2)
             status = await kiosk.wait_for(
                 "restarted",
-                lambda s: s["links"]["csms"]["state"] == "online" and s["outbox"]["depth"] == 0,
+                lambda s: s["links"]["csms"]["state"] == "online"
+                and s["outbox"]["depth"] == 0
+                and all(c["last_sample"] is not None for c in s["connectors"]),
             )
             after_restart = {
                 p["connectorId"]: p["status"] for p in csms.payloads("StatusNotification")[booted:]
@@ -540,3 +547,70 @@ async def test_availability_survives_a_restart(tmp_path: Path) -> None:
 
     assert csms.violations == []
     assert after_restart == {0: "Available", 1: "Available", 2: "Unavailable"}
+
+
+# -- UnlockConnector -----------------------------------------------------------------------------
+
+
+async def test_unlock_during_a_session_stops_it_with_reason_unlock_command(tmp_path: Path) -> None:
+    async with ScriptedCsms() as csms, running(scenario_config(tmp_path, csms)) as kiosk:
+        await ready(kiosk)
+        tx = await charge(kiosk)
+        unlocked = await csms.call("UnlockConnector", {"connectorId": 1})
+        (stop,) = [r.payload for r in await csms.wait_calls("StopTransaction")]
+        status = await kiosk.wait_for("available", lambda s: s["connector"]["status"] == "Available")
+        assert status["connector"]["relay_closed"] is False
+        idle = await csms.call("UnlockConnector", {"connectorId": 1})
+        missing = await csms.call("UnlockConnector", {"connectorId": 2})
+        await drained(kiosk)
+
+    assert csms.violations == []
+    assert unlocked == idle == {"status": "Unlocked"}  # no cable lock: the cable is free
+    assert missing == {"status": "NotSupported"}
+    assert stop["transactionId"] == tx and stop["reason"] == "UnlockCommand"
+    assert len(csms.calls("StopTransaction")) == 1
+    assert statuses(csms, 1)[-3:] == ["Charging", "Finishing", "Available"]
+
+
+# -- Reset -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "reason"), [("Soft", "SoftReset"), ("Hard", "HardReset")])
+async def test_reset_stops_the_session_then_the_daemon_comes_back_by_itself(
+    tmp_path: Path, kind: str, reason: str
+) -> None:
+    async with ScriptedCsms() as csms, running(scenario_config(tmp_path, csms)) as kiosk:
+        await ready(kiosk)
+        pid = kiosk.daemon.proc.pid if kiosk.daemon.proc else None
+        tx = await charge(kiosk)
+        reply = await csms.call("Reset", {"type": kind})
+        await csms.wait_calls("BootNotification", 2)
+        status = await kiosk.wait_for(
+            "back, Available and idle",
+            lambda s: s["links"]["csms"]["state"] == "online"
+            and s["connector"]["status"] == "Available"
+            and s["connector"]["last_sample"] is not None
+            and s["outbox"]["depth"] == 0,
+        )
+        # The same process (exec), not a new one started by someone else.
+        assert kiosk.daemon.proc is not None and kiosk.daemon.proc.pid == pid
+        assert kiosk.daemon.proc.poll() is None
+        # A session after the reset works and gets the next transaction.
+        await charge(kiosk)
+
+    assert csms.violations == []
+    assert reply == {"status": "Accepted"}
+    assert status["connector"]["session"] is None and status["connector"]["relay_closed"] is False
+    stops = csms.calls("StopTransaction")
+    assert [s.payload["transactionId"] for s in stops] == [tx]  # exactly once
+    assert stops[0].payload["reason"] == reason
+    boots = csms.calls("BootNotification")
+    # Stopped before the restart: on the first connection, before the second boot.
+    assert stops[0].connection == 1 and boots[1].connection == 2
+    assert csms.received.index(stops[0]) < csms.received.index(boots[1])
+    # The restarted charge point reports where it stands: everything Available.
+    after = csms.received[csms.received.index(boots[1]) :]
+    reported = {r.payload["connectorId"]: r.payload["status"] for r in after if r.action == "StatusNotification"}
+    assert reported[0] == "Available"
+    assert [p["status"] for p in (r.payload for r in after if r.action == "StatusNotification" and r.payload["connectorId"] == 1)][0] == "Available"
+    assert "restarting" in daemon_log(kiosk)

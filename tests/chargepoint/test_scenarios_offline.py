@@ -493,6 +493,103 @@ async def test_offline_sessions_reach_the_csms_in_order_with_its_transaction_ids
     assert given == []
 
 
+async def test_an_unknown_card_charging_offline_is_deauthorized_once_the_csms_refuses_it(
+    tmp_path: Path,
+) -> None:
+    # No CSMS at all when the daemon starts: it never booted.
+    port = free_port()
+    config = scenario_config(
+        tmp_path, ScriptedCsms(port=port), ocpp__AllowOfflineTxForUnknownId=True
+    )
+    async with running(config) as kiosk:
+        taps = Taps(kiosk)
+        await kiosk.wait_for("telemetry", has_telemetry)
+        await taps(STRANGER)
+        status = await kiosk.wait_for("charging offline", phase("Charging"))
+        assert status["links"]["csms"]["state"] != "online"
+        async with ScriptedCsms(port=port) as csms:
+            csms.id_tags[STRANGER] = "Invalid"
+            (stop,) = await csms.wait_calls("StopTransaction")
+            status = await kiosk.wait_for("available", phase("Available"))
+            assert status["connector"]["relay_closed"] is False
+            await kiosk.wait_for("outbox delivered", outbox_empty)
+            cached = query(db_path(tmp_path), "SELECT status FROM auth_cache WHERE id_tag = ?", STRANGER)
+            assert cached == [("Invalid",)]  # §3.5.1: StartTransaction.conf updates the cache
+
+    assert csms.violations == []
+    assert csms.calls()[0].action == "BootNotification"
+    assert stop.payload["reason"] == "DeAuthorized" and stop.payload["transactionId"] == 1001
+    tokens = [t for t in transaction_tokens(csms.received) if t != "MeterValues"]
+    assert tokens == ["Available", "Preparing", "Start", "Charging", "Finishing", "Stop", "Available"]
+
+
+async def test_a_card_refused_in_the_start_reply_of_an_ended_offline_session_is_cached(
+    tmp_path: Path,
+) -> None:
+    # §3.5.1: every idTagInfo, StartTransaction.conf's included, updates the cache; the
+    # session ended long before its Start reached the CSMS, and the Stop.conf has none.
+    port = free_port()
+    config = scenario_config(
+        tmp_path, ScriptedCsms(port=port), ocpp__AllowOfflineTxForUnknownId=True
+    )
+    async with running(config) as kiosk:
+        taps = Taps(kiosk)
+        await kiosk.wait_for("telemetry", has_telemetry)
+        await taps(STRANGER)
+        await kiosk.wait_for("charging offline", phase("Charging"))
+        await taps(STRANGER)
+        await kiosk.wait_for("available", phase("Available"))
+        async with ScriptedCsms(port=port) as csms:
+            csms.id_tags[STRANGER] = "Blocked"
+            csms.responders["StopTransaction"] = lambda call: {}  # idTagInfo is optional
+            await kiosk.wait_for("outbox delivered", outbox_empty)
+        await kiosk.wait_for("offline", lambda s: not online(s))
+
+        # Offline again: the card is no longer unknown, it is known to be blocked.
+        await taps(STRANGER)
+        await kiosk.wait_for("verdict", lambda s: "card ****AABB: Blocked" in log_text(kiosk))
+        status = await kiosk.wait_for("refused", phase("Available"))
+        assert status["connector"]["session"] is None
+
+    assert csms.violations == []
+    assert "card ****AABB: Blocked (Cache)" in log_text(kiosk)
+
+
+async def test_a_start_whose_reply_was_lost_is_resent_with_its_id_on_the_next_connection(
+    tmp_path: Path,
+) -> None:
+    starts = Starts(first=1001)
+    lost: list[str] = []
+
+    async def lose_the_first_reply(call: Received) -> Answer:
+        if not lost:
+            lost.append(call.unique_id)
+            await csms.disconnect()  # the connection breaks before the answer goes out
+            return SILENCE
+        return starts(call)
+
+    async with ScriptedCsms() as csms:
+        async with running(scenario_config(tmp_path, csms)) as kiosk:
+            csms.responders["StartTransaction"] = lose_the_first_reply
+            taps = Taps(kiosk)
+            await ready(kiosk)
+            await taps(CARD)
+            await csms.wait_calls("StartTransaction", 2)
+            await csms.wait_calls("MeterValues")
+            await taps(CARD)
+            await csms.wait_calls("StopTransaction")
+            await kiosk.wait_for("outbox delivered", outbox_empty)
+
+    assert csms.violations == []
+    first, resent = csms.calls("StartTransaction")
+    assert (first.unique_id, first.payload) == (resent.unique_id, resent.payload)
+    assert (first.connection, resent.connection) == (1, 2)
+    check_transaction_ids(csms.received, starts)
+    check_sent_once(csms.received)
+    assert [c.unique_id for c in csms.received].count(first.unique_id) == 2
+    assert len({c.unique_id for c in csms.received}) == len(csms.received) - 1
+
+
 # -- a StartTransaction.conf that refuses the card ----------------------------------------
 
 
