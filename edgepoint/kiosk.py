@@ -495,10 +495,11 @@ class Kiosk:
                 ),
             )
             return
-        if confirmed.stop:
-            stored = await self._store.session(session_id)
-            if stored is not None:
-                await self._authorizer.remember(stored.id_tag, entry)
+        # The session is over (an offline one is confirmed late): its Start.conf still
+        # updates the cache (§3.5.1), or a card the CSMS refused stays "unknown" offline.
+        stored = await self._store.session(session_id)
+        if stored is not None:
+            await self._authorizer.remember(stored.id_tag, entry)
 
     # -- effects -----------------------------------------------------------------------
 

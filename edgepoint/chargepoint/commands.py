@@ -90,22 +90,12 @@ class CommandHandler:
             )
         return await handler(self, payload)
 
-    def _connector(self, payload: dict[str, Any], allow_zero: bool = True) -> int:
-        cid = int(payload["connectorId"])
-        if (
-            cid < 0
-            or (cid == 0 and not allow_zero)
-            or (cid > 0 and cid not in self._kiosk.connector_ids)
-        ):
-            raise Refusal(
-                ErrorCode.PROPERTY_CONSTRAINT_VIOLATION, f"no connector {cid} on this charge point"
-            )
-        return cid
-
     # -- Core ---------------------------------------------------------------------------
 
     async def change_availability(self, payload: dict[str, Any]) -> Reply:
-        cid = self._connector(payload)
+        cid = int(payload["connectorId"])
+        if cid < 0 or (cid > 0 and cid not in self._kiosk.connector_ids):
+            return Reply({"status": "Rejected"})  # no such connector: refused, not malformed
         status = await self._kiosk.submit(ChangeAvailability(cid, payload["type"] == "Operative"))
         return Reply({"status": status})
 

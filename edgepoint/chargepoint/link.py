@@ -304,7 +304,7 @@ class CsmsLink:
             ssl=self._tls(),
             open_timeout=max(5.0, self._config.response_timeout),
             ping_interval=ping or None,
-            ping_timeout=(ping or None) and max(5, ping),
+            ping_timeout=(ping or None) and ping,
             close_timeout=2,
             max_size=MAX_FRAME_BYTES,
             proxy=None,

@@ -125,8 +125,10 @@ class OutboxSender:
                 self._ahead.extend(await self._store.outbox_batch(READ_AHEAD))
             if not self._ahead:
                 self.wake.clear()
-                # Re-check after clearing: a row committed in between must not wait.
-                if await self._store.outbox_next() is None:
+                # Re-check after clearing: a row committed, or a reconnect that made the
+                # parked rows due, in between must not wait.
+                due = self._clock.monotonic() - self._unparked_at >= PARKED_RETRY_S
+                if not due and await self._store.outbox_next() is None:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.wake.wait(), PARKED_RETRY_S)
                 continue
@@ -151,8 +153,13 @@ class OutboxSender:
     async def _deliver(self, entry: OutboxEntry) -> bool:
         """One try; True when the CSMS confirmed it."""
         payload = dict(entry.payload)
-        if entry.action in TRANSACTION_ACTIONS and entry.action != "StartTransaction":
-            assert entry.session_id is not None  # UnreadableRow otherwise
+        # A session's MeterValues and Stop carry its transactionId; MeterValues outside a
+        # session (triggered on an idle connector) carry none.
+        if (
+            entry.action in TRANSACTION_ACTIONS
+            and entry.action != "StartTransaction"
+            and entry.session_id is not None
+        ):
             transaction_id = self._transaction_ids.get(entry.session_id)
             if transaction_id is None:
                 transaction_id = await self._store.transaction_id(entry.session_id)

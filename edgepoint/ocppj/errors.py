@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from edgepoint.errors import ProtocolError
+from edgepoint.redact import printable
 
 
 class ErrorCode(StrEnum):
@@ -69,8 +70,10 @@ class CallErrorReceived(OcppError):
 
     def __init__(self, action: str, code: str, description: str) -> None:
         self.action = action
-        self.code = code[:64]
-        self.description = description[:MAX_TEXT]
+        # The peer's text ends up in logs and in the outbox's last_error: no control
+        # characters (a newline would forge a log line).
+        self.code = printable(code, 64)
+        self.description = printable(description, MAX_TEXT)
         super().__init__(f"{action} refused: {self.code}: {self.description}")
 
 

@@ -446,7 +446,8 @@ def _entry(row: tuple[Any, ...]) -> OutboxEntry | UnreadableRow:
     if not isinstance(message_id, str) or not message_id:
         return UnreadableRow(seq, "no message id")
     # A Start without its session would be sent, then have nowhere to keep its transactionId.
-    if action in TRANSACTION_ACTIONS and session_id is None:
+    # MeterValues may have none: a TriggerMessage on an idle connector (no transactionId).
+    if action in BILLING_ACTIONS and session_id is None:
         return UnreadableRow(seq, f"{action} without its session")
     if not wire:
         # Written by version 1 in the library's snake_case argument names.

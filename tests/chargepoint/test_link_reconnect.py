@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 from support.fault_proxy import FaultProxy
-from support.scripted_csms import Answer, Received, ScriptedCsms, now_iso
+from support.scripted_csms import Answer, Received, Responder, ScriptedCsms, now_iso
 from support.tls import TlsFiles, server_ssl_context, write_tls_files
 
 from edgepoint.chargepoint.link import CsmsLink, LinkState
 from edgepoint.chargepoint.settings import Settings
 from edgepoint.clock import EARLIEST_PLAUSIBLE, SystemClock
 from edgepoint.config import ChargePointConfig, StationConfig
-from edgepoint.ocppj.endpoint import Reply
+from edgepoint.ocppj.endpoint import Handler, Reply
 from edgepoint.ocppj.errors import ConnectionLost
 
 # Stall and half-open wait for the link's ping timeout (at least 5 s by the link's rule).
@@ -121,7 +121,9 @@ def header(received: dict[str, str], name: str) -> str | None:
     return next((v for k, v in received.items() if k.lower() == name.lower()), None)
 
 
-def get_configuration(calls: list[tuple[str, dict[str, Any]]]) -> Callable[..., Any]:
+def get_configuration(calls: list[tuple[str, dict[str, Any]]]) -> Handler:
+    """A handler that answers GetConfiguration and notes every CALL it is given."""
+
     async def handle(action: str, payload: dict[str, Any]) -> Reply:
         calls.append((action, payload))
         assert action == "GetConfiguration"
@@ -132,7 +134,9 @@ def get_configuration(calls: list[tuple[str, dict[str, Any]]]) -> Callable[..., 
     return handle
 
 
-def boot_answer(status: str, interval: int, times: list[float] | None = None) -> Any:
+def boot_answer(status: str, interval: int, times: list[float] | None = None) -> Responder:
+    """Answer every BootNotification with `status`, noting when each arrived."""
+
     def answer(call: Received) -> Answer:
         if times is not None:
             times.append(asyncio.get_running_loop().time())

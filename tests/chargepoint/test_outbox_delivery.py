@@ -258,7 +258,6 @@ async def test_messages_queued_offline_reach_a_strict_csms_in_order_exactly_once
         ids = [await queue_status(cp, ConnectorStatus.PREPARING, base)]
         ids += await queue_session(cp, S1, 1000, [1001, 1002, 1003], 1004, base)
         ids += [await queue_status(cp, ConnectorStatus.AVAILABLE, base + timedelta(seconds=5))]
-        await asyncio.sleep(0.2)  # several connection attempts fail meanwhile
         assert cp.link.state is not LinkState.ONLINE
         assert await cp.store.outbox_depth() == 7
 
@@ -286,7 +285,9 @@ async def test_messages_queued_offline_reach_a_strict_csms_in_order_exactly_once
             assert cp.started == [(S1, 1001, ACCEPTED)]
             assert cp.stopped == [(S1, ACCEPTED)]
             assert await cp.store.transaction_id(S1) == 1001
-            assert cp.sender.snapshot().delivered == 7
+            snapshot = cp.sender.snapshot()
+            assert snapshot.delivered == 7 and snapshot.retries == 0
+            assert snapshot.commit_window_ms_max is not None
             assert cp.dead_letters() == []
 
 
@@ -309,7 +310,7 @@ async def test_a_reply_that_never_comes_is_resent_with_the_same_id_and_is_no_ref
         csms.responders["MeterValues"] = silent_first(lambda _: {})
         # One refusal would park the Start: timeouts must not count as refusals.
         async with charge_point(
-            tmp_path, csms.url, policy=RetryPolicy(1, 0.01), response_timeout=0.3
+            tmp_path, csms.url, policy=RetryPolicy(1, 0.01), response_timeout=0.5
         ) as cp:
             ids = await queue_session(cp, S1, 1000, [1001], 1002, base_time())
             await cp.drained()
@@ -398,6 +399,7 @@ async def test_a_refused_start_is_parked_and_its_session_follows_once_accepted(
             second = await queue_session(cp, S2, 200, [201], 202, base, connector_id=2)
             await csms.wait_calls("StopTransaction")
             await cp.parked()
+            await eventually("S2 confirmed", lambda: len(cp.stopped) == 1)
 
             sent = outbox_calls(csms)
             # Tried TransactionMessageAttempts times, waiting interval x tries in between;
@@ -429,6 +431,40 @@ async def test_a_refused_start_is_parked_and_its_session_follows_once_accepted(
     assert [r.unique_id for r in resent] == [first[0], first[1], first[2], *later]
     assert [r.payload["transactionId"] for r in resent[1:3]] == [1002, 1002]
     assert csms.violations == []
+
+
+async def test_a_reconnect_while_the_sender_finds_the_queue_empty_retries_the_parked_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reconnect lands between the sender's last look at the queue and its wait."""
+    async with ScriptedCsms() as csms:
+        refusing = [True]
+        csms.responders["StartTransaction"] = lambda _: (
+            Error("InternalError", "not yet") if refusing[0] else start_reply(1001)
+        )
+        async with charge_point(tmp_path, csms.url, policy=RetryPolicy(1, 0.01)) as cp:
+            base = base_time()
+            ids = await queue_session(cp, S1, 100, [], 101, base)
+            await cp.parked()
+            refusing[0] = False
+
+            read_batch = cp.store.outbox_batch
+            armed = [True]
+
+            async def read_then_reconnect(limit: int) -> list[Any]:
+                rows = await read_batch(limit)
+                if not rows and armed[0]:
+                    armed[0] = False
+                    cp.sender.reconnected()
+                return rows
+
+            monkeypatch.setattr(cp.store, "outbox_batch", read_then_reconnect)
+            status_id = await queue_status(cp, ConnectorStatus.AVAILABLE, base)
+            await cp.drained()
+            assert not armed[0]
+            assert cp.started == [(S1, 1001, ACCEPTED)]
+
+    assert [r.unique_id for r in outbox_calls(csms)] == [ids[0], status_id, *ids]
 
 
 @pytest.mark.parametrize(
@@ -468,6 +504,45 @@ async def test_a_start_answered_with_an_invalid_reply_is_parked_never_dead_lette
     sent = outbox_calls(csms)
     assert [r.unique_id for r in sent] == [ids[0]] * 3 + ids[1:]
     assert [r.payload["transactionId"] for r in sent[3:]] == [4242, 4242]
+
+
+async def test_a_refused_stop_is_parked_with_an_alarm_and_never_dead_lettered(
+    tmp_path: Path,
+) -> None:
+    async with ScriptedCsms() as csms:
+        refusing = [True]
+
+        def stop(call: Received) -> Answer:
+            if refusing[0] and call.payload["meterStop"] == 102:
+                return Error("GenericError", "meter values do not add up")
+            return {"idTagInfo": ACCEPTED}
+
+        csms.responders["StopTransaction"] = stop
+        async with charge_point(tmp_path, csms.url, policy=RetryPolicy(2, 0.01)) as cp:
+            base = base_time()
+            first = await queue_session(cp, S1, 100, [101], 102, base)
+            second = await queue_session(cp, S2, 200, [], 202, base, connector_id=2)
+            await cp.parked()
+            await eventually("S2 confirmed", lambda: len(cp.stopped) == 1)
+            (alarm,) = cp.sender.snapshot().alarms
+            assert "StopTransaction" in alarm and "meter values do not add up" in alarm
+            assert cp.dead_letters() == []
+            assert cp.stopped == [(S2, ACCEPTED)]
+
+            refusing[0] = False
+            cp.sender.reconnected()
+            await cp.drained()
+            assert cp.stopped == [(S2, ACCEPTED), (S1, ACCEPTED)]
+            assert cp.sender.snapshot().alarms == ()
+
+    assert [r.unique_id for r in outbox_calls(csms)] == [
+        *first[:2],
+        first[2],
+        first[2],
+        *second,
+        first[2],
+    ]
+    assert {p["transactionId"] for p in csms.payloads("StopTransaction")[:2]} == {1001}
 
 
 async def test_meter_values_refused_beyond_the_attempts_go_to_the_dead_letters(
@@ -556,7 +631,7 @@ async def test_unreadable_and_invalid_rows_are_quarantined_and_delivery_goes_on(
     reasons = [reason for _, _, _, reason, _, _ in letters]
     assert reasons[0].startswith("unreadable: payload is not JSON")
     assert reasons[1] == "unreadable: StartTransaction without its session"
-    assert "never sent" in reasons[2] and "Energy.Made.Up" in reasons[2]
+    assert "never sent" in reasons[2] and "sampledValue/0/measurand" in reasons[2]
     assert (summary.quarantined, summary.dead_letters, summary.depth) == (3, 0, 0)
     assert any("quarantined" in alarm and "not JSON" in alarm for alarm in alarms)
     assert csms.violations == []
@@ -779,7 +854,7 @@ async def test_the_site_csms_refusals_park_a_start_and_dead_letter_meter_values(
                 (second[1],),
             )
         await cp.parked()
-        await eventually("S2 stopped", lambda: len(stored.of("stop")) == 1)
+        await eventually("S2 confirmed", lambda: len(cp.stopped) == 1)
 
         (tx,) = await site.transactions()
         assert (tx.meter_start, tx.meter_stop) == (200, 203)

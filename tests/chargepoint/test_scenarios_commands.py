@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,14 +17,13 @@ from typing import Any
 import pytest
 from scenario_support import Kiosk, running, scenario_config
 from support import scripted_csms
-from support.scripted_csms import Received, ScriptedCsms
+from support.scripted_csms import Received, ScriptedCsms, now_iso
 
 from edgepoint.chargepoint.settings import REGISTRY
 
 pytestmark = pytest.mark.timeout(60)
 
 CARD = "04A1B2C3"
-OTHER_CARD = "04D4E5F6"
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -47,8 +47,7 @@ async def ready(kiosk: Kiosk, connectors: int = 1) -> dict[str, Any]:
             s["links"]["csms"]["state"] == "online"
             and len(s["connectors"]) == connectors
             and all(
-                c["status"] == "Available" and c["last_sample"] is not None
-                for c in s["connectors"]
+                c["status"] == "Available" and c["last_sample"] is not None for c in s["connectors"]
             )
             and s["outbox"]["depth"] == 0
         ),
@@ -79,11 +78,22 @@ async def charge(kiosk: Kiosk, card: str = CARD, cid: int = 1) -> int:
     await tap(kiosk, card)
     status = await kiosk.wait_for(
         f"connector {cid} charging with a transaction id",
-        lambda s: s["connectors"][cid - 1]["status"] == "Charging"
-        and (s["connectors"][cid - 1]["session"] or {}).get("transaction_id") is not None,
+        lambda s: (
+            s["connectors"][cid - 1]["status"] == "Charging"
+            and (s["connectors"][cid - 1]["session"] or {}).get("transaction_id") is not None
+        ),
     )
     tx: int = status["connectors"][cid - 1]["session"]["transaction_id"]
     return tx
+
+
+async def charge_offline(kiosk: Kiosk, card: str) -> None:
+    """Tap `card` and wait until its session charges (no CSMS: no transaction id yet)."""
+    await tap(kiosk, card)
+    await kiosk.wait_for(
+        "charging",
+        lambda s: s["connector"]["status"] == "Charging" and s["connector"]["session"] is not None,
+    )
 
 
 async def drained(kiosk: Kiosk) -> dict[str, Any]:
@@ -119,15 +129,15 @@ async def get_value(csms: ScriptedCsms, key: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def offline_capable(tmp_path: Path, **overrides: Any) -> AsyncIterator[tuple[ScriptedCsms, Kiosk, Callable[[], Any]]]:
+async def offline_capable(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[ScriptedCsms, Kiosk, Callable[[], Awaitable[None]]]]:
     """A CSMS and a daemon where the CSMS can be taken away while the daemon keeps running."""
     async with contextlib.AsyncExitStack() as stack:
         online = contextlib.AsyncExitStack()
         stack.push_async_callback(online.aclose)
         csms = await online.enter_async_context(ScriptedCsms())
-        kiosk = await stack.enter_async_context(
-            running(scenario_config(tmp_path, csms, **overrides))
-        )
+        kiosk = await stack.enter_async_context(running(scenario_config(tmp_path, csms)))
         yield csms, kiosk, online.aclose
 
 
@@ -141,8 +151,17 @@ async def test_get_configuration_reports_every_key_with_its_readonly_flag(tmp_pa
         empty_list = await csms.call("GetConfiguration", {"key": []})
         some = await csms.call(
             "GetConfiguration",
-            {"key": ["HeartbeatInterval", "NumberOfConnectors", "NoSuchKey", "meterValueSampleInterval"]},
+            {
+                "key": [
+                    "HeartbeatInterval",
+                    "NumberOfConnectors",
+                    "NoSuchKey",
+                    "meterValueSampleInterval",
+                ]
+            },
         )
+        # More keys than GetConfigurationMaxKeys: a partial answer would look complete.
+        too_many = await csms.call("GetConfiguration", {"key": [f"K{n}" for n in range(51)]})
 
     assert csms.violations == []
     values = config_values(everything)
@@ -163,6 +182,8 @@ async def test_get_configuration_reports_every_key_with_its_readonly_flag(tmp_pa
         "MeterValueSampleInterval": (False, "1"),
     }
     assert some["unknownKey"] == ["NoSuchKey"]
+    assert values["GetConfigurationMaxKeys"] == (True, "50")
+    assert too_many == ("error", "OccurenceConstraintViolation")
 
 
 async def test_change_configuration_accepts_rejects_and_reads_back(tmp_path: Path) -> None:
@@ -210,7 +231,6 @@ async def test_a_configuration_change_survives_a_restart(tmp_path: Path) -> None
 
 
 async def test_meter_values_follow_a_changed_sample_interval(tmp_path: Path) -> None:
-    config = None
     async with ScriptedCsms() as csms:
         config = scenario_config(tmp_path, csms, ocpp__MeterValueSampleInterval=3600)
         async with running(config) as kiosk:
@@ -230,34 +250,47 @@ async def test_meter_values_follow_a_changed_sample_interval(tmp_path: Path) -> 
             assert reply == {"status": "Accepted"}
             await drained(kiosk)
             sampled = len(csms.payloads("MeterValues"))
-            await asyncio.sleep(2.2)  # two of the old intervals: nothing may come
+            await asyncio.sleep(1.5)  # more than the old interval: nothing may come
             assert len(csms.payloads("MeterValues")) == sampled
 
     assert csms.violations == []
     stamps = [
-        datetime.fromisoformat(p["meterValue"][0]["timestamp"]) for p in csms.payloads("MeterValues")
+        datetime.fromisoformat(p["meterValue"][0]["timestamp"])
+        for p in csms.payloads("MeterValues")
     ]
-    gaps = [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(stamps)]
     assert gaps and all(0.8 <= gap <= 1.6 for gap in gaps), gaps
     assert all(p["transactionId"] == tx for p in csms.payloads("MeterValues"))
     contexts = {
-        v.get("context") for p in csms.payloads("MeterValues") for v in p["meterValue"][0]["sampledValue"]
+        v.get("context")
+        for p in csms.payloads("MeterValues")
+        for v in p["meterValue"][0]["sampledValue"]
     }
     assert contexts == {"Sample.Periodic"}
 
 
 async def test_heartbeats_follow_a_changed_heartbeat_interval(tmp_path: Path) -> None:
+    beats: list[float] = []
+
+    def beat(call: Received) -> dict[str, Any]:
+        beats.append(asyncio.get_running_loop().time())
+        return {"currentTime": now_iso()}
+
     async with ScriptedCsms() as csms, running(scenario_config(tmp_path, csms)) as kiosk:
+        csms.responders["Heartbeat"] = beat
         await ready(kiosk)
-        assert csms.calls("Heartbeat") == []  # every 300 s, as the boot reply said
+        assert beats == []  # every 300 s, as the boot reply said
+        changed_at = asyncio.get_running_loop().time()
         reply = await csms.call("ChangeConfiguration", {"key": "HeartbeatInterval", "value": "1"})
         assert reply == {"status": "Accepted"}
         await csms.wait_calls("Heartbeat", 3, within_s=6)
         assert await get_value(csms, "HeartbeatInterval") == "1"
 
     assert csms.violations == []
-    beats = csms.calls("Heartbeat")
-    assert all(b.payload == {} for b in beats)
+    assert all(b.payload == {} for b in csms.calls("Heartbeat"))
+    # The first beat follows the new interval at once, not after the old 300 s.
+    gaps = [b - a for a, b in itertools.pairwise([changed_at, *beats])]
+    assert all(0.8 <= gap <= 2.0 for gap in gaps), gaps
 
 
 async def test_clear_cache_forgets_cards_the_csms_accepted(tmp_path: Path) -> None:
@@ -268,6 +301,7 @@ async def test_clear_cache_forgets_cards_the_csms_accepted(tmp_path: Path) -> No
         await csms.wait_calls("StopTransaction")
         await kiosk.wait_for("available", lambda s: s["connector"]["status"] == "Available")
         assert await csms.call("ClearCache", {}) == {"status": "Accepted"}
+        await wait_log(kiosk, "authorization cache cleared (1 entries)")
         violations = list(csms.violations)
         await take_csms_away()
         await kiosk.wait_for("offline", lambda s: s["links"]["csms"]["state"] != "online")
@@ -287,7 +321,9 @@ async def test_clear_cache_forgets_cards_the_csms_accepted(tmp_path: Path) -> No
 async def test_data_transfer_answers_unknown_vendor(tmp_path: Path) -> None:
     async with ScriptedCsms() as csms, running(scenario_config(tmp_path, csms)) as kiosk:
         await ready(kiosk)
-        reply = await csms.call("DataTransfer", {"vendorId": "com.example", "messageId": "x", "data": "{}"})
+        reply = await csms.call(
+            "DataTransfer", {"vendorId": "com.example", "messageId": "x", "data": "{}"}
+        )
     assert reply == {"status": "UnknownVendorId"}
     assert csms.violations == []
 
@@ -359,7 +395,9 @@ async def test_remote_start_is_authorized_first_when_asked_and_a_blocked_tag_get
     ):
         csms.id_tags["BLOCKED-1"] = "Blocked"
         await ready(kiosk)
-        blocked = await csms.call("RemoteStartTransaction", {"connectorId": 1, "idTag": "BLOCKED-1"})
+        blocked = await csms.call(
+            "RemoteStartTransaction", {"connectorId": 1, "idTag": "BLOCKED-1"}
+        )
         await csms.wait_calls("Authorize")
         await kiosk.wait_for(
             "the verdict",
@@ -368,14 +406,20 @@ async def test_remote_start_is_authorized_first_when_asked_and_a_blocked_tag_get
         assert csms.calls("StartTransaction") == []
         assert (await kiosk.status())["connector"]["relay_closed"] is False
 
-        accepted = await csms.call("RemoteStartTransaction", {"connectorId": 1, "idTag": "REMOTE-1"})
+        accepted = await csms.call(
+            "RemoteStartTransaction", {"connectorId": 1, "idTag": "REMOTE-1"}
+        )
         await csms.wait_calls("StartTransaction")
         await kiosk.wait_for("charging", lambda s: s["connector"]["status"] == "Charging")
 
     assert csms.violations == []
     # The request is accepted (the connector is free); the card is decided afterwards.
     assert blocked == {"status": "Accepted"} and accepted == {"status": "Accepted"}
-    flow = [(r.action, r.payload.get("idTag")) for r in csms.received if r.action in ("Authorize", "StartTransaction")]
+    flow = [
+        (r.action, r.payload.get("idTag"))
+        for r in csms.received
+        if r.action in ("Authorize", "StartTransaction")
+    ]
     assert flow == [
         ("Authorize", "BLOCKED-1"),
         ("Authorize", "REMOTE-1"),
@@ -410,6 +454,7 @@ async def test_remote_stop_stops_the_running_transaction_and_rejects_unknown_ids
         (stop,) = [r.payload for r in await csms.wait_calls("StopTransaction")]
         await kiosk.wait_for("available", lambda s: s["connector"]["status"] == "Available")
         again = await csms.call("RemoteStopTransaction", {"transactionId": tx})
+        await drained(kiosk)
 
     assert csms.violations == []
     assert unknown == {"status": "Rejected"}
@@ -431,7 +476,9 @@ async def test_an_idle_connector_made_inoperative_refuses_cards_until_operative(
         reply = await csms.call("ChangeAvailability", {"connectorId": 1, "type": "Inoperative"})
         assert reply == {"status": "Accepted"}
         await csms.wait_for("Unavailable", lambda: statuses(csms, 1)[-1] == "Unavailable")
-        status = await kiosk.wait_for("unavailable", lambda s: s["connector"]["status"] == "Unavailable")
+        status = await kiosk.wait_for(
+            "unavailable", lambda s: s["connector"]["status"] == "Unavailable"
+        )
         assert status["connector"]["operative"] is False
         refused = status["events_rejected"]
         await tap(kiosk, CARD)
@@ -444,6 +491,7 @@ async def test_an_idle_connector_made_inoperative_refuses_cards_until_operative(
         assert reply == {"status": "Accepted"}
         await csms.wait_for("Available", lambda: statuses(csms, 1)[-1] == "Available")
         await charge(kiosk)
+        await drained(kiosk)
 
     assert csms.violations == []
     assert csms.calls("Authorize")[0].payload == {"idTag": CARD}
@@ -505,8 +553,8 @@ async def test_connector_zero_changes_every_connector(tmp_path: Path) -> None:
 
     assert csms.violations == []
     assert off == on == {"status": "Accepted"}
-    # No such connector: the request itself is at fault (a CallError, not a status).
-    assert unknown == ("error", "PropertyConstraintViolation")
+    # No such connector: a well-formed request the charge point cannot carry out.
+    assert unknown == {"status": "Rejected"}
     for cid in (0, 1, 2):
         assert statuses(csms, cid) == ["Available", "Unavailable", "Available"], cid
 
@@ -516,37 +564,47 @@ async def test_availability_survives_a_restart(tmp_path: Path) -> None:
         config = two_connectors(scenario_config(tmp_path, csms))
         async with running(config) as kiosk:
             await ready(kiosk, connectors=2)
-            reply = await csms.call("ChangeAvailability", {"connectorId": 2, "type": "Inoperative"})
+            reply = await csms.call("ChangeAvailability", {"connectorId": 1, "type": "Inoperative"})
             assert reply == {"status": "Accepted"}
-            await kiosk.wait_for("unavailable", lambda s: s["connectors"][1]["status"] == "Unavailable")
+            await csms.wait_for("Unavailable", lambda: statuses(csms, 1)[-1:] == ["Unavailable"])
         booted = len(csms.calls("StatusNotification"))
+        # Killed: nothing but the stored availability can bring Inoperative back.
         async with running(config) as kiosk:
             await csms.wait_calls("BootNotification", 2)
             status = await kiosk.wait_for(
                 "restarted",
-                lambda s: s["links"]["csms"]["state"] == "online"
-                and s["outbox"]["depth"] == 0
-                and all(c["last_sample"] is not None for c in s["connectors"]),
+                lambda s: (
+                    s["links"]["csms"]["state"] == "online"
+                    and s["outbox"]["depth"] == 0
+                    and all(c["last_sample"] is not None for c in s["connectors"])
+                ),
             )
             after_restart = {
                 p["connectorId"]: p["status"] for p in csms.payloads("StatusNotification")[booted:]
             }
-            assert [c["status"] for c in status["connectors"]] == ["Available", "Unavailable"]
-            await tap(kiosk, CARD)  # the kiosk starts on the connector that is Available
-            await kiosk.wait_for("charging on 1", lambda s: s["connectors"][0]["status"] == "Charging")
-            # And back: connector 2 is Operative again, also after the next restart.
-            reply = await csms.call("ChangeAvailability", {"connectorId": 2, "type": "Operative"})
+            assert [c["status"] for c in status["connectors"]] == ["Unavailable", "Available"]
+            assert [c["operative"] for c in status["connectors"]] == [False, True]
+            # A card goes to the connector that is Available, not to the first one.
+            await tap(kiosk, CARD)
+            await kiosk.wait_for(
+                "charging on 2", lambda s: s["connectors"][1]["status"] == "Charging"
+            )
+            # And back: connector 1 is Operative again, also after the next restart.
+            reply = await csms.call("ChangeAvailability", {"connectorId": 1, "type": "Operative"})
             assert reply == {"status": "Accepted"}
-            await kiosk.wait_for("available", lambda s: s["connectors"][1]["status"] == "Available")
+            await csms.wait_for("Available", lambda: statuses(csms, 1)[-1:] == ["Available"])
         async with running(config) as kiosk:
             await csms.wait_calls("BootNotification", 3)
             await kiosk.wait_for(
-                "both available",
-                lambda s: [c["status"] for c in s["connectors"]] == ["Available", "Available"],
+                "connector 1 available",
+                lambda s: (
+                    s["connectors"][0]["status"] == "Available" and s["connectors"][0]["operative"]
+                ),
             )
 
     assert csms.violations == []
-    assert after_restart == {0: "Available", 1: "Available", 2: "Unavailable"}
+    assert after_restart == {0: "Available", 1: "Unavailable", 2: "Available"}
+    assert statuses(csms, 1)[-1] == "Available"
 
 
 # -- UnlockConnector -----------------------------------------------------------------------------
@@ -558,7 +616,9 @@ async def test_unlock_during_a_session_stops_it_with_reason_unlock_command(tmp_p
         tx = await charge(kiosk)
         unlocked = await csms.call("UnlockConnector", {"connectorId": 1})
         (stop,) = [r.payload for r in await csms.wait_calls("StopTransaction")]
-        status = await kiosk.wait_for("available", lambda s: s["connector"]["status"] == "Available")
+        status = await kiosk.wait_for(
+            "available", lambda s: s["connector"]["status"] == "Available"
+        )
         assert status["connector"]["relay_closed"] is False
         idle = await csms.call("UnlockConnector", {"connectorId": 1})
         missing = await csms.call("UnlockConnector", {"connectorId": 2})
@@ -587,10 +647,12 @@ async def test_reset_stops_the_session_then_the_daemon_comes_back_by_itself(
         await csms.wait_calls("BootNotification", 2)
         status = await kiosk.wait_for(
             "back, Available and idle",
-            lambda s: s["links"]["csms"]["state"] == "online"
-            and s["connector"]["status"] == "Available"
-            and s["connector"]["last_sample"] is not None
-            and s["outbox"]["depth"] == 0,
+            lambda s: (
+                s["links"]["csms"]["state"] == "online"
+                and s["connector"]["status"] == "Available"
+                and s["connector"]["last_sample"] is not None
+                and s["outbox"]["depth"] == 0
+            ),
         )
         # The same process (exec), not a new one started by someone else.
         assert kiosk.daemon.proc is not None and kiosk.daemon.proc.pid == pid
@@ -610,7 +672,224 @@ async def test_reset_stops_the_session_then_the_daemon_comes_back_by_itself(
     assert csms.received.index(stops[0]) < csms.received.index(boots[1])
     # The restarted charge point reports where it stands: everything Available.
     after = csms.received[csms.received.index(boots[1]) :]
-    reported = {r.payload["connectorId"]: r.payload["status"] for r in after if r.action == "StatusNotification"}
-    assert reported[0] == "Available"
-    assert [p["status"] for p in (r.payload for r in after if r.action == "StatusNotification" and r.payload["connectorId"] == 1)][0] == "Available"
+    first_reports = [
+        (r.payload["connectorId"], r.payload["status"])
+        for r in after
+        if r.action == "StatusNotification"
+    ][:2]
+    assert sorted(first_reports) == [(0, "Available"), (1, "Available")]
     assert "restarting" in daemon_log(kiosk)
+
+
+# -- TriggerMessage --------------------------------------------------------------------------------
+
+
+async def test_trigger_message_sends_each_message_after_its_confirmation(tmp_path: Path) -> None:
+    async with (
+        ScriptedCsms() as csms,
+        running(two_connectors(scenario_config(tmp_path, csms))) as kiosk,
+    ):
+        await ready(kiosk, connectors=2)
+        # Each triggered message must come after TriggerMessage.conf. Frames from one
+        # connection are handled in order, and a responder holds up the ones behind it:
+        # so the reply was in before the triggered message iff the call is done by then.
+        pending: list[asyncio.Task[Any]] = []
+        after_conf: list[tuple[str, bool]] = []
+
+        answers: dict[str, dict[str, Any]] = {
+            "BootNotification": {"status": "Accepted", "interval": csms.heartbeat_interval},
+            "Heartbeat": {},
+        }
+
+        def note(action: str) -> Callable[[Received], Any]:
+            async def respond(call: Received) -> dict[str, Any]:
+                triggered_by = pending[-1]  # the next trigger waits for this call
+                await asyncio.sleep(0.05)
+                after_conf.append((action, triggered_by.done()))
+                answer = dict(answers.get(action, {}))
+                if action in answers:
+                    answer["currentTime"] = now_iso()
+                return answer
+
+            return respond
+
+        async def trigger(message: str, n: int = 1, **extra: Any) -> Any:
+            action = message
+            before = len(csms.calls(action))
+            payload: dict[str, Any] = {"requestedMessage": message, **extra}
+            pending.append(asyncio.ensure_future(csms.call("TriggerMessage", payload)))
+            reply = await pending[-1]
+            if reply == {"status": "Accepted"}:
+                await csms.wait_calls(action, before + n)
+            return reply
+
+        for action in (
+            "BootNotification",
+            "Heartbeat",
+            "StatusNotification",
+            "MeterValues",
+            "DiagnosticsStatusNotification",
+            "FirmwareStatusNotification",
+        ):
+            csms.responders[action] = note(action)
+
+        replies = {
+            "boot": await trigger("BootNotification"),
+            "heartbeat": await trigger("Heartbeat"),
+            "status 2": await trigger("StatusNotification", connectorId=2),
+            "status all": await trigger("StatusNotification", n=3),
+            "meter 1": await trigger("MeterValues", connectorId=1),
+            "diagnostics": await trigger("DiagnosticsStatusNotification"),
+            "firmware": await trigger("FirmwareStatusNotification"),
+            "status 3": await trigger("StatusNotification", connectorId=3),
+            "meter 3": await trigger("MeterValues", connectorId=3),
+        }
+        await drained(kiosk)
+
+    assert csms.violations == []
+    rejected = {"status 3", "meter 3"}
+    assert all(replies[k] == {"status": "Accepted"} for k in replies.keys() - rejected), replies
+    assert all(replies[k] == {"status": "Rejected"} for k in rejected), replies
+    assert after_conf and all(done for _, done in after_conf), after_conf
+    # One triggered message per trigger (three StatusNotifications for "all").
+    assert [a for a, _ in after_conf] == [
+        "BootNotification",
+        "Heartbeat",
+        "StatusNotification",
+        *["StatusNotification"] * 3,
+        "MeterValues",
+        "DiagnosticsStatusNotification",
+        "FirmwareStatusNotification",
+    ]
+    triggered_statuses = csms.payloads("StatusNotification")[-4:]
+    assert [p["connectorId"] for p in triggered_statuses] == [2, 0, 1, 2]
+    assert all(p["status"] == "Available" for p in triggered_statuses)
+    (meter,) = csms.payloads("MeterValues")
+    assert meter["connectorId"] == 1 and "transactionId" not in meter
+    assert {v["context"] for v in meter["meterValue"][0]["sampledValue"]} == {"Trigger"}
+    assert csms.payloads("DiagnosticsStatusNotification") == [{"status": "Idle"}]
+    assert csms.payloads("FirmwareStatusNotification") == [{"status": "Idle"}]
+    # A triggered BootNotification does not start a new connection or a new boot sequence.
+    assert {r.connection for r in csms.received} == {1}
+
+
+async def test_triggered_meter_values_carry_the_transaction_of_a_running_session(
+    tmp_path: Path,
+) -> None:
+    # No sampled MeterValues: every MeterValues the CSMS sees is a triggered one.
+    async with ScriptedCsms() as csms:
+        config = two_connectors(scenario_config(tmp_path, csms, ocpp__MeterValueSampleInterval=0))
+        async with running(config) as kiosk:
+            await ready(kiosk, connectors=2)
+            tx = await charge(kiosk)
+            reply = await csms.call("TriggerMessage", {"requestedMessage": "MeterValues"})
+            await csms.wait_calls("MeterValues", 2)
+            await drained(kiosk)
+
+    assert csms.violations == []
+    assert reply == {"status": "Accepted"}
+    by_connector = {p["connectorId"]: p for p in csms.payloads("MeterValues")}
+    assert by_connector[1]["transactionId"] == tx
+    assert "transactionId" not in by_connector[2]
+    contexts = {
+        v["context"] for p in by_connector.values() for v in p["meterValue"][0]["sampledValue"]
+    }
+    assert contexts == {"Trigger"}
+
+
+# -- Local Auth List Management ------------------------------------------------------------
+
+LISTED = "04AAAA01"  # Accepted in the list
+BLOCKED = "04AAAA02"  # Blocked in the list
+LATER = "04AAAA03"  # added by a differential update
+DROPPED = "04AAAA04"  # removed by a differential update
+STRANGER = "04AAAA05"  # never listed
+
+
+def entry(tag: str, status: str | None = "Accepted") -> dict[str, Any]:
+    return {"idTag": tag} if status is None else {"idTag": tag, "idTagInfo": {"status": status}}
+
+
+async def test_send_local_list_full_then_differential_and_the_list_decides_offline(
+    tmp_path: Path,
+) -> None:
+    async with offline_capable(tmp_path) as (csms, kiosk, take_csms_away):
+        await ready(kiosk)
+
+        async def version() -> int:
+            reply = await csms.call("GetLocalListVersion", {})
+            found: int = reply["listVersion"]
+            return found
+
+        async def send(update: str, list_version: int, entries: list[dict[str, Any]]) -> str:
+            payload = {
+                "listVersion": list_version,
+                "updateType": update,
+                "localAuthorizationList": entries,
+            }
+            status: str = (await csms.call("SendLocalList", payload))["status"]
+            return status
+
+        versions = [await version()]
+        full = await send(
+            "Full",
+            1,
+            [
+                entry(LISTED),
+                entry(BLOCKED, "Accepted"),
+                entry(DROPPED),
+                entry("04AAAA09", "Blocked"),
+            ],
+        )
+        versions.append(await version())
+        differential = await send(
+            "Differential",
+            2,
+            [
+                entry(LATER),  # add
+                entry(BLOCKED, "Blocked"),  # update
+                entry(DROPPED, None),  # remove
+            ],
+        )
+        versions.append(await version())
+        stale = await send("Differential", 2, [entry(STRANGER)])
+        too_long = await send("Full", 3, [entry(f"T{n:05}") for n in range(1001)])
+        versions.append(await version())
+
+        violations = list(csms.violations)
+        await take_csms_away()
+        await kiosk.wait_for("offline", lambda s: s["links"]["csms"]["state"] != "online")
+
+        # Offline: the list decides (LocalAuthorizeOffline true).
+        await charge_offline(kiosk, LISTED)
+        await tap(kiosk, LISTED)
+        await kiosk.wait_for("available", lambda s: s["connector"]["status"] == "Available")
+        await charge_offline(kiosk, LATER)
+        await tap(kiosk, LATER)
+        await kiosk.wait_for("available", lambda s: s["connector"]["status"] == "Available")
+        # Blocked in the list; removed from it (and listed cards are never cached); never
+        # listed. AllowOfflineTxForUnknownId is false: the last two are unknown, refused.
+        for card, verdict in (
+            (BLOCKED, "Blocked (LocalList)"),
+            (DROPPED, "Unavailable (None)"),
+            (STRANGER, "Unavailable (None)"),
+        ):
+            await tap(kiosk, card)
+            await wait_log(kiosk, f"card ****{card[-4:]}: {verdict}")
+            status = await kiosk.wait_for("idle", lambda s: s["connector"]["phase"] == "Available")
+            assert status["connector"]["session"] is None
+            assert status["connector"]["relay_closed"] is False
+
+    assert violations == []
+    assert versions == [0, 1, 2, 2]
+    assert (full, differential, stale, too_long) == (
+        "Accepted",
+        "Accepted",
+        "VersionMismatch",
+        "Failed",
+    )
+    log = daemon_log(kiosk)
+    assert f"card ****{LISTED[-4:]}: Accepted (LocalList)" in log
+    assert f"card ****{LATER[-4:]}: Accepted (LocalList)" in log
+    # Not one of them asked the CSMS: it was the list's call, never an Authorize.
+    assert csms.calls("Authorize") == []

@@ -66,6 +66,13 @@ def has_telemetry(status: dict[str, Any]) -> bool:
 
 
 def phase(name: str) -> Any:
+    """The connector reached `name` and carried out what entering it takes.
+
+    The phase flips when the connector decides; the reported status (and the relay) once
+    the kiosk has carried out the actions, a moment later.
+    """
+    if name == "Charging":
+        return lambda s: s["connector"]["status"] == "Charging" and s["connector"]["relay_closed"]
     return lambda s: s["connector"]["phase"] == name
 
 
@@ -248,7 +255,7 @@ async def test_not_accepted_boot_holds_everything_back_until_accepted(
             await kiosk.wait_for("charging", phase("Charging"))
             await csms.wait_calls("BootNotification", 3)
             gaps = [b - a for a, b in itertools.pairwise(boots.at)]
-            assert all(gap >= 0.9 for gap in gaps), gaps  # the interval the CSMS asked for
+            assert all(0.9 <= gap < 3 for gap in gaps), gaps  # the interval the CSMS asked for
             assert {r.action for r in csms.received} == {"BootNotification"}
 
             boots.status = "Accepted"
@@ -297,9 +304,7 @@ async def test_cards_the_csms_refuses_start_nothing_and_an_accepted_card_charges
         await ready(kiosk)
         for card, verdict in refused.items():
             await taps(card)
-            await csms.wait_for(
-                f"Authorize {card}", lambda c=card: c in [p["idTag"] for p in csms.payloads("Authorize")]
-            )
+            await csms.wait_calls("Authorize", list(refused).index(card) + 1)
             # The verdict is back once the connector leaves Authorizing; its OCPP status
             # never moved from Available and no session exists.
             status = await kiosk.wait_for("verdict", phase("Available"))
@@ -327,6 +332,9 @@ async def test_the_csms_answers_are_cached_and_clear_cache_empties_the_cache(
         csms.id_tags[OTHER] = "Blocked"
         taps = Taps(kiosk)
         await ready(kiosk)
+        assert await csms.call("SendLocalList", local_list(1, **{STRANGER: "Accepted"})) == {
+            "status": "Accepted"
+        }
         await taps(CARD)
         await kiosk.wait_for("charging", phase("Charging"))
         await taps(CARD)
@@ -339,23 +347,27 @@ async def test_the_csms_answers_are_cached_and_clear_cache_empties_the_cache(
 
         assert await csms.call("ClearCache", {}) == {"status": "Accepted"}
         assert query(db_path(tmp_path), "SELECT id_tag FROM auth_cache") == []
+        # The local list is the CSMS's, not a cache: ClearCache leaves it alone.
+        assert query(db_path(tmp_path), "SELECT id_tag FROM local_list") == [(STRANGER,)]
 
     assert csms.violations == []
 
 
 async def test_local_pre_authorize_starts_a_listed_card_without_asking(tmp_path: Path) -> None:
     config_overrides = {"ocpp__LocalPreAuthorize": True}
-    async with ScriptedCsms() as csms:
-        async with running(scenario_config(tmp_path, csms, **config_overrides)) as kiosk:
-            taps = Taps(kiosk)
-            await ready(kiosk)
-            reply = await csms.call("SendLocalList", local_list(1, **{CARD: "Accepted"}))
-            assert reply == {"status": "Accepted"}
-            await taps(CARD)
-            await kiosk.wait_for("charging", phase("Charging"))
-            await csms.wait_calls("StartTransaction")
-            await taps(CARD)
-            await csms.wait_calls("StopTransaction")
+    async with (
+        ScriptedCsms() as csms,
+        running(scenario_config(tmp_path, csms, **config_overrides)) as kiosk,
+    ):
+        taps = Taps(kiosk)
+        await ready(kiosk)
+        reply = await csms.call("SendLocalList", local_list(1, **{CARD: "Accepted"}))
+        assert reply == {"status": "Accepted"}
+        await taps(CARD)
+        await kiosk.wait_for("charging", phase("Charging"))
+        await csms.wait_calls("StartTransaction")
+        await taps(CARD)
+        await csms.wait_calls("StopTransaction")
 
     assert csms.violations == []
     assert csms.calls("Authorize") == []
@@ -397,7 +409,7 @@ async def test_a_hanging_csms_costs_the_driver_at_most_the_authorize_timeout(
                 status = await kiosk.wait_for("refused", phase("Available"))
                 assert status["connector"]["session"] is None
             decided = time.monotonic() - tapped
-            assert decided < timeout_s + 0.8, decided
+            assert decided < timeout_s + 1.0, decided
             verdict = "Accepted (OfflineUnknown)" if allow_unknown else "Unavailable (None)"
             assert f"card ****AABB: {verdict}" in log_text(kiosk)
             if allow_unknown:
@@ -407,7 +419,7 @@ async def test_a_hanging_csms_costs_the_driver_at_most_the_authorize_timeout(
             for card, source in ((CARD, "Cache"), (OTHER, "LocalList")):
                 tapped = await taps(card)
                 await kiosk.wait_for(f"{card} charging", phase("Charging"))
-                assert time.monotonic() - tapped < timeout_s + 0.8
+                assert time.monotonic() - tapped < timeout_s + 1.0
                 assert f"card ****{card[-4:]}: Accepted ({source})" in log_text(kiosk)
                 await taps(card)
                 await kiosk.wait_for("available", phase("Available"))
@@ -476,9 +488,9 @@ async def test_offline_sessions_reach_the_csms_in_order_with_its_transaction_ids
     assert one_session_shape(tokens) == [*session_shape, "Available"] * len(cards), tokens
     stamps = [stamp for call in calls for stamp in timestamps(call)]
     assert stamps == sorted(stamps)
-    # Every message exactly once: no unique id twice, no payload twice under a new id.
+    # Every message exactly once: no unique id twice (no reply was lost), no message twice.
     assert len({c.unique_id for c in calls}) == len(calls)
-    assert len({json.dumps(c.payload, sort_keys=True) for c in calls}) == len(calls)
+    check_sent_once(calls)
     # MeterValues and Stop carry the id the CSMS gave that session's Start.
     given = [tx for _, tx in starts.given]
     assert [call.payload["idTag"] for call, _ in starts.given] == cards
@@ -513,14 +525,24 @@ async def test_an_unknown_card_charging_offline_is_deauthorized_once_the_csms_re
             status = await kiosk.wait_for("available", phase("Available"))
             assert status["connector"]["relay_closed"] is False
             await kiosk.wait_for("outbox delivered", outbox_empty)
-            cached = query(db_path(tmp_path), "SELECT status FROM auth_cache WHERE id_tag = ?", STRANGER)
+            cached = query(
+                db_path(tmp_path), "SELECT status FROM auth_cache WHERE id_tag = ?", STRANGER
+            )
             assert cached == [("Invalid",)]  # §3.5.1: StartTransaction.conf updates the cache
 
     assert csms.violations == []
     assert csms.calls()[0].action == "BootNotification"
     assert stop.payload["reason"] == "DeAuthorized" and stop.payload["transactionId"] == 1001
     tokens = [t for t in transaction_tokens(csms.received) if t != "MeterValues"]
-    assert tokens == ["Available", "Preparing", "Start", "Charging", "Finishing", "Stop", "Available"]
+    assert tokens == [
+        "Available",
+        "Preparing",
+        "Start",
+        "Charging",
+        "Finishing",
+        "Stop",
+        "Available",
+    ]
 
 
 async def test_a_card_refused_in_the_start_reply_of_an_ended_offline_session_is_cached(
@@ -568,17 +590,16 @@ async def test_a_start_whose_reply_was_lost_is_resent_with_its_id_on_the_next_co
             return SILENCE
         return starts(call)
 
-    async with ScriptedCsms() as csms:
-        async with running(scenario_config(tmp_path, csms)) as kiosk:
-            csms.responders["StartTransaction"] = lose_the_first_reply
-            taps = Taps(kiosk)
-            await ready(kiosk)
-            await taps(CARD)
-            await csms.wait_calls("StartTransaction", 2)
-            await csms.wait_calls("MeterValues")
-            await taps(CARD)
-            await csms.wait_calls("StopTransaction")
-            await kiosk.wait_for("outbox delivered", outbox_empty)
+    async with ScriptedCsms() as csms, running(scenario_config(tmp_path, csms)) as kiosk:
+        csms.responders["StartTransaction"] = lose_the_first_reply
+        taps = Taps(kiosk)
+        await ready(kiosk)
+        await taps(CARD)
+        await csms.wait_calls("StartTransaction", 2)
+        await csms.wait_calls("MeterValues")
+        await taps(CARD)
+        await csms.wait_calls("StopTransaction")
+        await kiosk.wait_for("outbox delivered", outbox_empty)
 
     assert csms.violations == []
     first, resent = csms.calls("StartTransaction")
@@ -616,7 +637,15 @@ async def test_blocked_at_start_ends_the_session_deauthorized(tmp_path: Path) ->
     assert stop.payload["transactionId"] == 1001
     assert "idTag" not in stop.payload  # nobody presented a card to stop it
     tokens = [t for t in transaction_tokens(csms.received) if t != "MeterValues"]
-    assert tokens == ["Available", "Preparing", "Start", "Charging", "Finishing", "Stop", "Available"]
+    assert tokens == [
+        "Available",
+        "Preparing",
+        "Start",
+        "Charging",
+        "Finishing",
+        "Stop",
+        "Available",
+    ]
 
 
 @pytest.mark.parametrize("allowance_wh", [0, 15])
@@ -627,38 +656,39 @@ async def test_blocked_at_start_without_stopping_withholds_energy_until_the_card
         "ocpp__StopTransactionOnInvalidId": False,
         "ocpp__MaxEnergyOnInvalidId": allowance_wh,
     }
-    async with ScriptedCsms() as csms:
-        async with running(scenario_config(tmp_path, csms, **overrides)) as kiosk:
-            csms.id_tags[CARD] = "Blocked"
-            csms.responders["Authorize"] = accept_every_authorize
-            taps = Taps(kiosk)
-            await ready(kiosk)
-            await taps(CARD)
-            await csms.wait_calls("StartTransaction")
-            suspended = await kiosk.wait_for("SuspendedEVSE", phase("Suspended"))
-            connector = suspended["connector"]
-            assert connector["status"] == "SuspendedEVSE"
-            assert connector["relay_closed"] is False
-            energy = connector["session"]["energy_wh"]
-            if allowance_wh:
-                assert allowance_wh <= energy <= allowance_wh + 15, energy
-            else:
-                assert energy < 10, energy  # stopped as soon as the answer came
-            await csms.wait_for(
-                "SuspendedEVSE reported",
-                lambda: "SuspendedEVSE" in [p["status"] for p in csms.payloads("StatusNotification")],
-            )
-            # The relay stays open: no more energy flows while suspended.
-            later = await kiosk.wait_for(
-                "a few more samples",
-                lambda s: s["connector"]["last_sample"]["seq"]
-                >= connector["last_sample"]["seq"] + 5,
-            )
-            assert later["connector"]["session"]["energy_wh"] == energy
-            await taps(CARD)
-            (stop,) = await csms.wait_calls("StopTransaction")
-            await kiosk.wait_for("available", phase("Available"))
-            await kiosk.wait_for("outbox delivered", outbox_empty)
+    async with (
+        ScriptedCsms() as csms,
+        running(scenario_config(tmp_path, csms, **overrides)) as kiosk,
+    ):
+        csms.id_tags[CARD] = "Blocked"
+        csms.responders["Authorize"] = accept_every_authorize
+        taps = Taps(kiosk)
+        await ready(kiosk)
+        await taps(CARD)
+        await csms.wait_calls("StartTransaction")
+        suspended = await kiosk.wait_for("SuspendedEVSE", phase("Suspended"))
+        connector = suspended["connector"]
+        assert connector["status"] == "SuspendedEVSE"
+        assert connector["relay_closed"] is False
+        energy = connector["session"]["energy_wh"]
+        if allowance_wh:
+            assert allowance_wh <= energy <= allowance_wh + 15, energy
+        else:
+            assert energy < 10, energy  # stopped as soon as the answer came
+        await csms.wait_for(
+            "SuspendedEVSE reported",
+            lambda: "SuspendedEVSE" in [p["status"] for p in csms.payloads("StatusNotification")],
+        )
+        # The relay stays open: no more energy flows while suspended.
+        later = await kiosk.wait_for(
+            "a few more samples",
+            lambda s: s["connector"]["last_sample"]["seq"] >= connector["last_sample"]["seq"] + 5,
+        )
+        assert later["connector"]["session"]["energy_wh"] == energy
+        await taps(CARD)
+        (stop,) = await csms.wait_calls("StopTransaction")
+        await kiosk.wait_for("available", phase("Available"))
+        await kiosk.wait_for("outbox delivered", outbox_empty)
 
     assert csms.violations == []
     assert stop.payload["reason"] == "Local" and stop.payload["idTag"] == CARD
@@ -681,39 +711,57 @@ def bad_start_reply(call: Received) -> Answer:
     return Raw(json.dumps([3, call.unique_id, reply]))
 
 
+class Timed:
+    """Wraps a responder and notes when each call came."""
+
+    def __init__(self, responder: Any) -> None:
+        self._responder = responder
+        self.at: list[float] = []
+
+    def __call__(self, call: Received) -> Answer:
+        self.at.append(time.monotonic())
+        answer: Answer = self._responder(call)
+        return answer
+
+
 @pytest.mark.parametrize("refusal", [refuse_start, bad_start_reply], ids=["callerror", "bad"])
 async def test_a_start_refused_attempts_times_is_parked_with_an_alarm_then_delivered(
     tmp_path: Path, refusal: Any
 ) -> None:
-    async with ScriptedCsms() as csms:
-        async with running(scenario_config(tmp_path, csms, **FAST_RETRIES)) as kiosk:
-            csms.responders["StartTransaction"] = refusal
-            taps = Taps(kiosk)
-            await ready(kiosk)
-            await taps(CARD)
-            parked = await kiosk.wait_for("parked", lambda s: s["outbox"]["parked"] == 1)
-            assert len(csms.calls("StartTransaction")) == 2  # TransactionMessageAttempts
-            (alarm,) = parked["alarms"]
-            assert "StartTransaction" in alarm and "parked" in alarm
-            # The session runs as usual meanwhile; its statuses are not held back.
-            assert parked["connector"]["phase"] == "Charging"
-            assert parked["connector"]["relay_closed"] is True
-            await csms.wait_for(
-                "Charging reported",
-                lambda: "Charging" in [p["status"] for p in csms.payloads("StatusNotification")],
-            )
-            await kiosk.wait_for("a MeterValues queued", lambda s: s["outbox"]["depth"] >= 2)
-            await taps(CARD)
-            stopped = await kiosk.wait_for("available", phase("Available"))
-            assert stopped["connector"]["relay_closed"] is False
-            assert csms.calls("MeterValues") == [] and csms.calls("StopTransaction") == []
+    async with (
+        ScriptedCsms() as csms,
+        running(scenario_config(tmp_path, csms, **FAST_RETRIES)) as kiosk,
+    ):
+        refused = Timed(refusal)
+        csms.responders["StartTransaction"] = refused
+        taps = Taps(kiosk)
+        await ready(kiosk)
+        await taps(CARD)
+        parked = await kiosk.wait_for("parked", lambda s: s["outbox"]["parked"] == 1)
+        assert len(csms.calls("StartTransaction")) == 2  # TransactionMessageAttempts
+        # §4.10: the retry waits TransactionMessageRetryInterval x tries so far.
+        assert refused.at[1] - refused.at[0] >= 0.9
+        (alarm,) = parked["alarms"]
+        assert "StartTransaction" in alarm and "parked" in alarm
+        # The session runs as usual meanwhile; its statuses are not held back.
+        assert parked["connector"]["phase"] == "Charging"
+        assert parked["connector"]["relay_closed"] is True
+        await csms.wait_for(
+            "Charging reported",
+            lambda: "Charging" in [p["status"] for p in csms.payloads("StatusNotification")],
+        )
+        await kiosk.wait_for("a MeterValues queued", lambda s: s["outbox"]["depth"] >= 2)
+        await taps(CARD)
+        stopped = await kiosk.wait_for("available", phase("Available"))
+        assert stopped["connector"]["relay_closed"] is False
+        assert csms.calls("MeterValues") == [] and csms.calls("StopTransaction") == []
 
-            # The CSMS is fixed; the next connection gives parked messages a new round.
-            del csms.responders["StartTransaction"]
-            await csms.disconnect()
-            delivered = await kiosk.wait_for("outbox delivered", outbox_empty)
-            assert delivered["alarms"] == []
-            assert delivered["outbox"]["dead_letters"] == 0
+        # The CSMS is fixed; the next connection gives parked messages a new round.
+        del csms.responders["StartTransaction"]
+        await csms.disconnect()
+        delivered = await kiosk.wait_for("outbox delivered", outbox_empty)
+        assert delivered["alarms"] == []
+        assert delivered["outbox"]["dead_letters"] == 0
 
     assert csms.violations == []
     tries = csms.calls("StartTransaction")
@@ -737,19 +785,21 @@ async def test_a_meter_values_refused_attempts_times_is_dead_lettered_and_delive
             return Error("InternalError", "the test refuses this MeterValues")
         return {}
 
-    async with ScriptedCsms() as csms:
-        async with running(scenario_config(tmp_path, csms, **FAST_RETRIES)) as kiosk:
-            csms.responders["MeterValues"] = refuse_first_meter_values
-            taps = Taps(kiosk)
-            await ready(kiosk)
-            await taps(CARD)
-            await kiosk.wait_for("dead letter", lambda s: s["outbox"]["dead_letters"] == 1)
-            # Later messages flow again: more MeterValues, then the stop.
-            await csms.wait_calls("MeterValues", 3)
-            await taps(CARD)
-            await csms.wait_calls("StopTransaction")
-            done = await kiosk.wait_for("outbox delivered", outbox_empty)
-            assert done["alarms"] == [] and done["outbox"]["parked"] == 0
+    async with (
+        ScriptedCsms() as csms,
+        running(scenario_config(tmp_path, csms, **FAST_RETRIES)) as kiosk,
+    ):
+        csms.responders["MeterValues"] = refuse_first_meter_values
+        taps = Taps(kiosk)
+        await ready(kiosk)
+        await taps(CARD)
+        await kiosk.wait_for("dead letter", lambda s: s["outbox"]["dead_letters"] == 1)
+        # Later messages flow again: more MeterValues, then the stop.
+        await csms.wait_calls("MeterValues", 3)
+        await taps(CARD)
+        await csms.wait_calls("StopTransaction")
+        done = await kiosk.wait_for("outbox delivered", outbox_empty)
+        assert done["alarms"] == [] and done["outbox"]["parked"] == 0
 
     assert csms.violations == []
     assert [c.unique_id for c in csms.calls("MeterValues")].count(refused[0]) == 2
@@ -769,17 +819,19 @@ async def test_an_unanswered_stop_is_resent_with_the_same_id_and_accepted_once(
         return {"idTagInfo": {"status": "Accepted"}}
 
     overrides = {"chargepoint__response_timeout": 1, **FAST_RETRIES}
-    async with ScriptedCsms() as csms:
-        async with running(scenario_config(tmp_path, csms, **overrides)) as kiosk:
-            csms.responders["StopTransaction"] = silent_once
-            taps = Taps(kiosk)
-            await ready(kiosk)
-            await taps(CARD)
-            await kiosk.wait_for("charging", phase("Charging"))
-            await taps(CARD)
-            first, again = await csms.wait_calls("StopTransaction", 2)
-            await kiosk.wait_for("outbox delivered", outbox_empty)
-            status = await kiosk.wait_for("available", phase("Available"))
+    async with (
+        ScriptedCsms() as csms,
+        running(scenario_config(tmp_path, csms, **overrides)) as kiosk,
+    ):
+        csms.responders["StopTransaction"] = silent_once
+        taps = Taps(kiosk)
+        await ready(kiosk)
+        await taps(CARD)
+        await kiosk.wait_for("charging", phase("Charging"))
+        await taps(CARD)
+        first, again = await csms.wait_calls("StopTransaction", 2)
+        await kiosk.wait_for("outbox delivered", outbox_empty)
+        status = await kiosk.wait_for("available", phase("Available"))
 
     assert csms.violations == []
     assert first.unique_id == again.unique_id and first.payload == again.payload

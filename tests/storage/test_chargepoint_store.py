@@ -636,7 +636,7 @@ async def write_version_1(path: Path) -> None:
     rows: list[tuple[str | None, str, str]] = [
         (S1, "StartTransaction", json.dumps(V1_START)),
         (S1, "MeterValues", json.dumps(V1_METER)),
-        (None, "MeterValues", json.dumps(V1_METER)),  # no session: no transactionId ever
+        (None, "StopTransaction", json.dumps(V1_STOP)),  # no session: no transactionId ever
         (S1, "MeterValues", '{"connector_id": 1, "meter_value": [{'),  # cut short
         (S1, "MeterValues", "[1, 2]"),  # JSON, but not an object
         (S1, "StopTransaction", json.dumps(V1_STOP)),
@@ -727,7 +727,7 @@ async def test_a_version_1_database_is_migrated_to_wire_form_with_message_ids(
     assert all(HEX_ID.match(i) for i in ids) and len(set(ids)) == 3
 
     assert [(u.seq, u.reason) for u in unreadable] == [
-        (3, "MeterValues without its session"),
+        (3, "StopTransaction without its session"),
         (4, unreadable[1].reason),
         (5, "payload is not a JSON object"),
     ]
