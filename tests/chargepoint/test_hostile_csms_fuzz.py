@@ -623,6 +623,7 @@ async def test_thousands_of_hostile_frames_cost_a_callerror_each_and_never_the_s
             {"status": "Accepted", "currentTime": now_iso(), "interval": -1},
             {"status": "Accepted", "currentTime": "2030-02-30T00:00:00Z", "interval": 0},
             {"status": "Accepted", "currentTime": now_iso(), "interval": 2**31 - 1},
+            {"status": "Rejected", "currentTime": now_iso(), "interval": -1},
         ]
     )
     garbage_times = iter(["garbage", "2024-13-45T99:99:99Z", 5, None, "", "2030-01-01T00:00:00"])
