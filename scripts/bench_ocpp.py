@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,20 +31,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from bench import percentile, until, wait_socket
 from support.scripted_csms import ScriptedCsms
 
 from edgepoint.chargepoint import messages
 from edgepoint.charging.events import IdTag, SessionId, TelemetrySample
-from edgepoint.control.client import request, watch
+from edgepoint.control.client import request
 from edgepoint.storage.chargepoint import ChargePointStore
 
 CARD = "04A1B2C3"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(folder: Path, csms_url: str, extra_ocpp: str = "") -> Path:
@@ -78,11 +71,6 @@ MeterValueSampleInterval = 60
     return path
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
 def summary(seconds: list[float]) -> dict[str, float]:
     ms = [v * 1000 for v in seconds]
     return {
@@ -92,29 +80,6 @@ def summary(seconds: list[float]) -> dict[str, float]:
         "max_ms": round(max(ms), 1),
         "mean_ms": round(statistics.fmean(ms), 1),
     }
-
-
-async def until(sock: Path, predicate: Any, within_s: float = 60) -> dict[str, Any]:
-    async def scan() -> dict[str, Any]:
-        async with contextlib.aclosing(watch(sock)) as stream:
-            async for status in stream:
-                if predicate(status):
-                    return status
-        raise RuntimeError("status stream ended")
-
-    return await asyncio.wait_for(scan(), within_s)
-
-
-async def wait_up(sock: Path, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"daemon exited with {proc.returncode}")
-        with contextlib.suppress(Exception):
-            await request(sock, "status")
-            return
-        await asyncio.sleep(0.02)
-    raise RuntimeError("daemon did not open its control socket")
 
 
 async def tap_until_relay(sock: Path, closed: bool) -> float:
@@ -173,7 +138,7 @@ async def tap_latencies(taps: int) -> dict[str, Any]:
             sock = folder / "var" / "edgepoint.sock"
             proc = start_daemon(config)
             try:
-                await wait_up(sock, proc)
+                await wait_socket(sock, proc)
                 await until(
                     sock,
                     lambda s: (
@@ -196,7 +161,7 @@ async def tap_latencies(taps: int) -> dict[str, Any]:
         # The CSMS is gone: the local list (sent above, persisted) decides at once.
         proc = start_daemon(config)
         try:
-            await wait_up(sock, proc)
+            await wait_socket(sock, proc)
             await until(sock, lambda s: s["connector"]["last_sample"] is not None)
             results["offline_local_list"] = summary(await sessions(sock, taps))
         finally:
@@ -247,11 +212,11 @@ async def drain(backlog: int) -> dict[str, Any]:
             t0 = time.perf_counter()
             proc = start_daemon(config)
             try:
-                await wait_up(sock, proc)
+                await wait_socket(sock, proc)
                 status = await until(
                     sock,
                     lambda s: s["outbox"]["depth"] == 0 and s["links"]["csms"]["state"] == "online",
-                    within_s=600,
+                    timeout=600,
                 )
                 drained = time.perf_counter() - t0
                 # Round-trip of one CALL on the same connection (CSMS -> CP -> CSMS).

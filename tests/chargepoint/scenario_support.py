@@ -26,7 +26,28 @@ class Kiosk:
         return result
 
     async def tap(self, uid: str) -> None:
+        """Put the card in the emulated reader's field (it stays there for its dwell time)."""
         await request(self.daemon.socket, "tap", uid=uid)
+
+    async def present(self, card: str) -> float:
+        """Tap `card` like a driver and return when it left the field; returns the tap moment.
+
+        A card that never left the field is one presentation, so a second tap of the same
+        card must wait for the first to go. While a card is in the field every poll reads
+        it, so a poll without a read after the card was seen means the field emptied.
+        """
+        before = (await self.status())["rfid"]["published"]
+        tapped_at = time.monotonic()
+        await self.tap(card)
+        seen = await self.wait_for(
+            "the reader to see the card", lambda s: s["rfid"]["published"] > before
+        )
+        empty_polls = seen["rfid"]["polls"] - seen["rfid"]["reads"]
+        await self.wait_for(
+            "the card to leave the field",
+            lambda s: s["rfid"]["polls"] - s["rfid"]["reads"] > empty_polls,
+        )
+        return tapped_at
 
     async def wait_for(
         self, what: str, check: Callable[[dict[str, Any]], bool], within_s: float = 15

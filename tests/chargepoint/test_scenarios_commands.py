@@ -54,28 +54,9 @@ async def ready(kiosk: Kiosk, connectors: int = 1) -> dict[str, Any]:
     )
 
 
-async def tap(kiosk: Kiosk, card: str) -> None:
-    """Present `card` once; wait until the reader saw it and then saw the field empty again.
-
-    A card that never left the field is one presentation, so a second tap of the same
-    card must wait for the first to go. While a card is in the field every poll reads it,
-    so a poll without a read after the card was seen means the field emptied.
-    """
-    before = (await kiosk.status())["rfid"]["published"]
-    await kiosk.tap(card)
-    seen = await kiosk.wait_for(
-        "the reader to see the card", lambda s: s["rfid"]["published"] > before
-    )
-    empty_polls = seen["rfid"]["polls"] - seen["rfid"]["reads"]
-    await kiosk.wait_for(
-        "the card to leave the field",
-        lambda s: s["rfid"]["polls"] - s["rfid"]["reads"] > empty_polls,
-    )
-
-
 async def charge(kiosk: Kiosk, card: str = CARD, cid: int = 1) -> int:
     """Tap `card` and wait until its session charges with a transaction id; return the id."""
-    await tap(kiosk, card)
+    await kiosk.present(card)
     status = await kiosk.wait_for(
         f"connector {cid} charging with a transaction id",
         lambda s: (
@@ -89,7 +70,7 @@ async def charge(kiosk: Kiosk, card: str = CARD, cid: int = 1) -> int:
 
 async def charge_offline(kiosk: Kiosk, card: str) -> None:
     """Tap `card` and wait until its session charges (no CSMS: no transaction id yet)."""
-    await tap(kiosk, card)
+    await kiosk.present(card)
     await kiosk.wait_for(
         "charging",
         lambda s: s["connector"]["status"] == "Charging" and s["connector"]["session"] is not None,
@@ -297,7 +278,7 @@ async def test_clear_cache_forgets_cards_the_csms_accepted(tmp_path: Path) -> No
     async with offline_capable(tmp_path) as (csms, kiosk, take_csms_away):
         await ready(kiosk)
         await charge(kiosk)  # the CSMS accepted the card: it is cached
-        await tap(kiosk, CARD)
+        await kiosk.present(CARD)
         await csms.wait_calls("StopTransaction")
         await kiosk.wait_for("available", lambda s: s["connector"]["status"] == "Available")
         assert await csms.call("ClearCache", {}) == {"status": "Accepted"}
@@ -306,7 +287,7 @@ async def test_clear_cache_forgets_cards_the_csms_accepted(tmp_path: Path) -> No
         await take_csms_away()
         await kiosk.wait_for("offline", lambda s: s["links"]["csms"]["state"] != "online")
         # Offline, the card is unknown now (AllowOfflineTxForUnknownId is false): refused.
-        await tap(kiosk, CARD)
+        await kiosk.present(CARD)
         await wait_log(kiosk, "card ****B2C3: Unavailable (None)")
         status = await kiosk.status()
         assert status["connector"]["session"] is None
@@ -481,7 +462,7 @@ async def test_an_idle_connector_made_inoperative_refuses_cards_until_operative(
         )
         assert status["connector"]["operative"] is False
         refused = status["events_rejected"]
-        await tap(kiosk, CARD)
+        await kiosk.present(CARD)
         await kiosk.wait_for("the tap refused", lambda s: s["events_rejected"] > refused)
         # A remote start is refused as well.
         remote = await csms.call("RemoteStartTransaction", {"connectorId": 1, "idTag": "REMOTE-1"})
@@ -515,7 +496,7 @@ async def test_inoperative_during_a_session_is_scheduled_until_the_session_ends(
         assert status["connector"]["status"] == "Charging"
         assert status["connector"]["relay_closed"] is True
         assert "Unavailable" not in statuses(csms, 1)
-        await tap(kiosk, CARD)
+        await kiosk.present(CARD)
         await csms.wait_calls("StopTransaction")
         await csms.wait_for("Unavailable", lambda: statuses(csms, 1)[-1] == "Unavailable")
         await kiosk.wait_for("unavailable", lambda s: s["connector"]["status"] == "Unavailable")
@@ -585,7 +566,7 @@ async def test_availability_survives_a_restart(tmp_path: Path) -> None:
             assert [c["status"] for c in status["connectors"]] == ["Unavailable", "Available"]
             assert [c["operative"] for c in status["connectors"]] == [False, True]
             # A card goes to the connector that is Available, not to the first one.
-            await tap(kiosk, CARD)
+            await kiosk.present(CARD)
             await kiosk.wait_for(
                 "charging on 2", lambda s: s["connectors"][1]["status"] == "Charging"
             )
@@ -862,10 +843,10 @@ async def test_send_local_list_full_then_differential_and_the_list_decides_offli
 
         # Offline: the list decides (LocalAuthorizeOffline true).
         await charge_offline(kiosk, LISTED)
-        await tap(kiosk, LISTED)
+        await kiosk.present(LISTED)
         await kiosk.wait_for("available", lambda s: s["connector"]["status"] == "Available")
         await charge_offline(kiosk, LATER)
-        await tap(kiosk, LATER)
+        await kiosk.present(LATER)
         await kiosk.wait_for("available", lambda s: s["connector"]["status"] == "Available")
         # Blocked in the list; removed from it (and listed cards are never cached); never
         # listed. AllowOfflineTxForUnknownId is false: the last two are unknown, refused.
@@ -874,7 +855,7 @@ async def test_send_local_list_full_then_differential_and_the_list_decides_offli
             (DROPPED, "Unavailable (None)"),
             (STRANGER, "Unavailable (None)"),
         ):
-            await tap(kiosk, card)
+            await kiosk.present(card)
             await wait_log(kiosk, f"card ****{card[-4:]}: {verdict}")
             status = await kiosk.wait_for("idle", lambda s: s["connector"]["phase"] == "Available")
             assert status["connector"]["session"] is None

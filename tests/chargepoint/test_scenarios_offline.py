@@ -22,7 +22,6 @@ OTHER = "04D4E5F6"
 STRANGER = "0499AABB"
 # A card stays in the reader's field this long (Pn532Emulator.present_card's dwell); the
 # same card tapped again within it is the same presentation, not a second tap.
-CARD_DWELL_S = 0.3
 TRANSACTION_ACTIONS = ("StartTransaction", "MeterValues", "StopTransaction")
 # Fast retries so that each scenario takes seconds (OCPP keys go in config.toml [ocpp]).
 FAST_RETRIES = {
@@ -32,29 +31,6 @@ FAST_RETRIES = {
 
 
 # -- helpers -----------------------------------------------------------------------
-
-
-class Taps:
-    """Taps cards like a driver: the same card twice is two taps only once it left the field."""
-
-    def __init__(self, kiosk: Kiosk) -> None:
-        self._kiosk = kiosk
-        self._last: dict[str, float] = {}
-
-    async def __call__(self, card: str) -> float:
-        """Tap `card`; return the moment of the tap (monotonic)."""
-        held = self._last.get(card, -10.0) + CARD_DWELL_S - time.monotonic()
-        if held > -0.5:
-            if held > 0:
-                await asyncio.sleep(held)  # the card is still in the driver's hand
-            # The reader must see the empty field before the same card counts again.
-            polls = (await self._kiosk.status())["rfid"]["polls"]
-            await self._kiosk.wait_for(
-                "the reader to poll an empty field", lambda s: s["rfid"]["polls"] >= polls + 2
-            )
-        await self._kiosk.tap(card)
-        self._last[card] = time.monotonic()
-        return self._last[card]
 
 
 def online(status: dict[str, Any]) -> bool:
@@ -249,9 +225,8 @@ async def test_not_accepted_boot_holds_everything_back_until_accepted(
                 reply = await csms.call("GetConfiguration", {"key": ["HeartbeatInterval"]})
                 assert reply["configurationKey"][0]["key"] == "HeartbeatInterval"
             # A driver does not care whether the CSMS accepted us: offline rules apply.
-            taps = Taps(kiosk)
             await kiosk.wait_for("telemetry", has_telemetry)
-            await taps(STRANGER)
+            await kiosk.present(STRANGER)
             await kiosk.wait_for("charging", phase("Charging"))
             await csms.wait_calls("BootNotification", 3)
             gaps = [b - a for a, b in itertools.pairwise(boots.at)]
@@ -265,7 +240,7 @@ async def test_not_accepted_boot_holds_everything_back_until_accepted(
                 lambda s: s["connector"]["session"]["transaction_id"] is not None,
             )
             await csms.wait_calls("MeterValues")
-            await taps(STRANGER)
+            await kiosk.present(STRANGER)
             await csms.wait_calls("StopTransaction")
             await kiosk.wait_for("outbox delivered", outbox_empty)
 
@@ -300,10 +275,9 @@ async def test_cards_the_csms_refuses_start_nothing_and_an_accepted_card_charges
     refused = {"04B10C4D": "Blocked", "04E4B1ED": "Expired", "0419BA1D": "Invalid"}
     async with ScriptedCsms() as csms, running(scenario_config(tmp_path, csms)) as kiosk:
         csms.id_tags.update(refused)
-        taps = Taps(kiosk)
         await ready(kiosk)
         for card, verdict in refused.items():
-            await taps(card)
+            await kiosk.present(card)
             await csms.wait_calls("Authorize", list(refused).index(card) + 1)
             # The verdict is back once the connector leaves Authorizing; its OCPP status
             # never moved from Available and no session exists.
@@ -315,7 +289,7 @@ async def test_cards_the_csms_refuses_start_nothing_and_an_accepted_card_charges
         assert csms.calls("StartTransaction") == []
         assert [p["status"] for p in csms.payloads("StatusNotification")] == ["Available"] * 2
 
-        await taps(CARD)
+        await kiosk.present(CARD)
         status = await kiosk.wait_for("charging", phase("Charging"))
         assert status["connector"]["relay_closed"] is True
         (start,) = await csms.wait_calls("StartTransaction")
@@ -330,16 +304,15 @@ async def test_the_csms_answers_are_cached_and_clear_cache_empties_the_cache(
 ) -> None:
     async with ScriptedCsms() as csms, running(scenario_config(tmp_path, csms)) as kiosk:
         csms.id_tags[OTHER] = "Blocked"
-        taps = Taps(kiosk)
         await ready(kiosk)
         assert await csms.call("SendLocalList", local_list(1, **{STRANGER: "Accepted"})) == {
             "status": "Accepted"
         }
-        await taps(CARD)
+        await kiosk.present(CARD)
         await kiosk.wait_for("charging", phase("Charging"))
-        await taps(CARD)
+        await kiosk.present(CARD)
         await kiosk.wait_for("available", phase("Available"))
-        await taps(OTHER)
+        await kiosk.present(OTHER)
         await csms.wait_calls("Authorize", 2)
         await kiosk.wait_for("outbox delivered", outbox_empty)
         cached = dict(query(db_path(tmp_path), "SELECT id_tag, status FROM auth_cache"))
@@ -359,14 +332,13 @@ async def test_local_pre_authorize_starts_a_listed_card_without_asking(tmp_path:
         ScriptedCsms() as csms,
         running(scenario_config(tmp_path, csms, **config_overrides)) as kiosk,
     ):
-        taps = Taps(kiosk)
         await ready(kiosk)
         reply = await csms.call("SendLocalList", local_list(1, **{CARD: "Accepted"}))
         assert reply == {"status": "Accepted"}
-        await taps(CARD)
+        await kiosk.present(CARD)
         await kiosk.wait_for("charging", phase("Charging"))
         await csms.wait_calls("StartTransaction")
-        await taps(CARD)
+        await kiosk.present(CARD)
         await csms.wait_calls("StopTransaction")
 
     assert csms.violations == []
@@ -388,20 +360,19 @@ async def test_a_hanging_csms_costs_the_driver_at_most_the_authorize_timeout(
     async with ScriptedCsms() as csms, running(scenario_config(tmp_path, csms, **config)) as kiosk:
         csms.responders["StartTransaction"] = starts
         try:
-            taps = Taps(kiosk)
             await ready(kiosk)
             assert await csms.call("SendLocalList", local_list(1, **{OTHER: "Accepted"})) == {
                 "status": "Accepted"
             }
             # CARD gets into the cache the ordinary way: the CSMS accepts it once.
-            await taps(CARD)
+            await kiosk.present(CARD)
             await kiosk.wait_for("charging", phase("Charging"))
-            await taps(CARD)
+            await kiosk.present(CARD)
             await kiosk.wait_for("available", phase("Available"))
             await kiosk.wait_for("outbox delivered", outbox_empty)
 
             csms.responders["Authorize"] = slow
-            tapped = await taps(STRANGER)
+            tapped = await kiosk.present(STRANGER)
             await csms.wait_calls("Authorize", 2)
             if allow_unknown:
                 status = await kiosk.wait_for("charging", phase("Charging"))
@@ -413,15 +384,15 @@ async def test_a_hanging_csms_costs_the_driver_at_most_the_authorize_timeout(
             verdict = "Accepted (OfflineUnknown)" if allow_unknown else "Unavailable (None)"
             assert f"card ****AABB: {verdict}" in log_text(kiosk)
             if allow_unknown:
-                await taps(STRANGER)
+                await kiosk.present(STRANGER)
                 await kiosk.wait_for("available", phase("Available"))
 
             for card, source in ((CARD, "Cache"), (OTHER, "LocalList")):
-                tapped = await taps(card)
+                tapped = await kiosk.present(card)
                 await kiosk.wait_for(f"{card} charging", phase("Charging"))
                 assert time.monotonic() - tapped < timeout_s + 1.0
                 assert f"card ****{card[-4:]}: Accepted ({source})" in log_text(kiosk)
-                await taps(card)
+                await kiosk.present(card)
                 await kiosk.wait_for("available", phase("Available"))
         finally:
             slow.released.set()
@@ -448,7 +419,6 @@ async def test_offline_sessions_reach_the_csms_in_order_with_its_transaction_ids
     )
     cards = [CARD, STRANGER, CARD]  # listed, unknown (allowed offline), listed again
     async with running(config) as kiosk:
-        taps = Taps(kiosk)
         async with ScriptedCsms(port=port) as before:
             await ready(kiosk)
             assert await before.call("SendLocalList", local_list(1, **{CARD: "Accepted"})) == {
@@ -458,7 +428,7 @@ async def test_offline_sessions_reach_the_csms_in_order_with_its_transaction_ids
         await kiosk.wait_for("offline", lambda s: not online(s))
 
         for card in cards:
-            await taps(card)
+            await kiosk.present(card)
             status = await kiosk.wait_for(f"{card} charging offline", phase("Charging"))
             assert status["connector"]["relay_closed"] is True
             assert status["connector"]["session"]["transaction_id"] is None
@@ -467,7 +437,7 @@ async def test_offline_sessions_reach_the_csms_in_order_with_its_transaction_ids
                 "a MeterValues' worth of energy",
                 lambda s: (s["connector"]["session"] or {}).get("energy_wh", 0) >= 13,
             )
-            await taps(card)
+            await kiosk.present(card)
             await kiosk.wait_for("available", phase("Available"))
         queued = (await kiosk.status())["outbox"]["depth"]
         assert queued >= 3 * 7  # per session: 4 statuses, Start, MeterValues, Stop
@@ -514,9 +484,8 @@ async def test_an_unknown_card_charging_offline_is_deauthorized_once_the_csms_re
         tmp_path, ScriptedCsms(port=port), ocpp__AllowOfflineTxForUnknownId=True
     )
     async with running(config) as kiosk:
-        taps = Taps(kiosk)
         await kiosk.wait_for("telemetry", has_telemetry)
-        await taps(STRANGER)
+        await kiosk.present(STRANGER)
         status = await kiosk.wait_for("charging offline", phase("Charging"))
         assert status["links"]["csms"]["state"] != "online"
         async with ScriptedCsms(port=port) as csms:
@@ -555,11 +524,10 @@ async def test_a_card_refused_in_the_start_reply_of_an_ended_offline_session_is_
         tmp_path, ScriptedCsms(port=port), ocpp__AllowOfflineTxForUnknownId=True
     )
     async with running(config) as kiosk:
-        taps = Taps(kiosk)
         await kiosk.wait_for("telemetry", has_telemetry)
-        await taps(STRANGER)
+        await kiosk.present(STRANGER)
         await kiosk.wait_for("charging offline", phase("Charging"))
-        await taps(STRANGER)
+        await kiosk.present(STRANGER)
         await kiosk.wait_for("available", phase("Available"))
         async with ScriptedCsms(port=port) as csms:
             csms.id_tags[STRANGER] = "Blocked"
@@ -568,7 +536,7 @@ async def test_a_card_refused_in_the_start_reply_of_an_ended_offline_session_is_
         await kiosk.wait_for("offline", lambda s: not online(s))
 
         # Offline again: the card is no longer unknown, it is known to be blocked.
-        await taps(STRANGER)
+        await kiosk.present(STRANGER)
         await kiosk.wait_for("verdict", lambda s: "card ****AABB: Blocked" in log_text(kiosk))
         status = await kiosk.wait_for("refused", phase("Available"))
         assert status["connector"]["session"] is None
@@ -592,12 +560,11 @@ async def test_a_start_whose_reply_was_lost_is_resent_with_its_id_on_the_next_co
 
     async with ScriptedCsms() as csms, running(scenario_config(tmp_path, csms)) as kiosk:
         csms.responders["StartTransaction"] = lose_the_first_reply
-        taps = Taps(kiosk)
         await ready(kiosk)
-        await taps(CARD)
+        await kiosk.present(CARD)
         await csms.wait_calls("StartTransaction", 2)
         await csms.wait_calls("MeterValues")
-        await taps(CARD)
+        await kiosk.present(CARD)
         await csms.wait_calls("StopTransaction")
         await kiosk.wait_for("outbox delivered", outbox_empty)
 
@@ -626,7 +593,7 @@ async def test_blocked_at_start_ends_the_session_deauthorized(tmp_path: Path) ->
             csms.id_tags[CARD] = "Blocked"
             csms.responders["Authorize"] = accept_every_authorize
             await ready(kiosk)
-            await Taps(kiosk)(CARD)
+            await kiosk.present(CARD)
             (stop,) = await csms.wait_calls("StopTransaction")
             status = await kiosk.wait_for("available", phase("Available"))
             assert status["connector"]["relay_closed"] is False
@@ -662,9 +629,8 @@ async def test_blocked_at_start_without_stopping_withholds_energy_until_the_card
     ):
         csms.id_tags[CARD] = "Blocked"
         csms.responders["Authorize"] = accept_every_authorize
-        taps = Taps(kiosk)
         await ready(kiosk)
-        await taps(CARD)
+        await kiosk.present(CARD)
         await csms.wait_calls("StartTransaction")
         suspended = await kiosk.wait_for("SuspendedEVSE", phase("Suspended"))
         connector = suspended["connector"]
@@ -685,7 +651,7 @@ async def test_blocked_at_start_without_stopping_withholds_energy_until_the_card
             lambda s: s["connector"]["last_sample"]["seq"] >= connector["last_sample"]["seq"] + 5,
         )
         assert later["connector"]["session"]["energy_wh"] == energy
-        await taps(CARD)
+        await kiosk.present(CARD)
         (stop,) = await csms.wait_calls("StopTransaction")
         await kiosk.wait_for("available", phase("Available"))
         await kiosk.wait_for("outbox delivered", outbox_empty)
@@ -734,9 +700,8 @@ async def test_a_start_refused_attempts_times_is_parked_with_an_alarm_then_deliv
     ):
         refused = Timed(refusal)
         csms.responders["StartTransaction"] = refused
-        taps = Taps(kiosk)
         await ready(kiosk)
-        await taps(CARD)
+        await kiosk.present(CARD)
         parked = await kiosk.wait_for("parked", lambda s: s["outbox"]["parked"] == 1)
         assert len(csms.calls("StartTransaction")) == 2  # TransactionMessageAttempts
         # §4.10: the retry waits TransactionMessageRetryInterval x tries so far.
@@ -751,7 +716,7 @@ async def test_a_start_refused_attempts_times_is_parked_with_an_alarm_then_deliv
             lambda: "Charging" in [p["status"] for p in csms.payloads("StatusNotification")],
         )
         await kiosk.wait_for("a MeterValues queued", lambda s: s["outbox"]["depth"] >= 2)
-        await taps(CARD)
+        await kiosk.present(CARD)
         stopped = await kiosk.wait_for("available", phase("Available"))
         assert stopped["connector"]["relay_closed"] is False
         assert csms.calls("MeterValues") == [] and csms.calls("StopTransaction") == []
@@ -790,13 +755,12 @@ async def test_a_meter_values_refused_attempts_times_is_dead_lettered_and_delive
         running(scenario_config(tmp_path, csms, **FAST_RETRIES)) as kiosk,
     ):
         csms.responders["MeterValues"] = refuse_first_meter_values
-        taps = Taps(kiosk)
         await ready(kiosk)
-        await taps(CARD)
+        await kiosk.present(CARD)
         await kiosk.wait_for("dead letter", lambda s: s["outbox"]["dead_letters"] == 1)
         # Later messages flow again: more MeterValues, then the stop.
         await csms.wait_calls("MeterValues", 3)
-        await taps(CARD)
+        await kiosk.present(CARD)
         await csms.wait_calls("StopTransaction")
         done = await kiosk.wait_for("outbox delivered", outbox_empty)
         assert done["alarms"] == [] and done["outbox"]["parked"] == 0
@@ -824,11 +788,10 @@ async def test_an_unanswered_stop_is_resent_with_the_same_id_and_accepted_once(
         running(scenario_config(tmp_path, csms, **overrides)) as kiosk,
     ):
         csms.responders["StopTransaction"] = silent_once
-        taps = Taps(kiosk)
         await ready(kiosk)
-        await taps(CARD)
+        await kiosk.present(CARD)
         await kiosk.wait_for("charging", phase("Charging"))
-        await taps(CARD)
+        await kiosk.present(CARD)
         first, again = await csms.wait_calls("StopTransaction", 2)
         await kiosk.wait_for("outbox delivered", outbox_empty)
         status = await kiosk.wait_for("available", phase("Available"))
