@@ -39,7 +39,14 @@ from edgepoint.drivers.telemetry import (
 )
 from edgepoint.errors import ControlError
 from edgepoint.keys import load_or_create_key
-from edgepoint.kiosk import ConnectorSetup, Kiosk, KioskOptions, new_session_id, sessions_to_resume
+from edgepoint.kiosk import (
+    KIOSK_TICK_S,
+    ConnectorSetup,
+    Kiosk,
+    KioskOptions,
+    new_session_id,
+    sessions_to_resume,
+)
 from edgepoint.storage.auth_lists import AuthListStore
 from edgepoint.storage.chargepoint import ChargePointStore
 from edgepoint.storage.settings import SettingsRepository
@@ -403,7 +410,7 @@ async def _serve(
             tg.create_task(supervisor.keep("csms link", link.run)),
             tg.create_task(supervisor.keep("outbox sender", sender.run)),
         ]
-        watchdog = tg.create_task(_keep_systemd_happy())
+        watchdog = tg.create_task(_keep_systemd_happy(kiosk, clock))
         if not is_synced(clock):
             log.warning("the wall clock is not set (%s): timestamps will be wrong", clock.utc_now())
         systemd.notify(f"READY=1\nSTATUS=serving as {config.station.id}")
@@ -445,10 +452,15 @@ async def _flush(store: ChargePointStore, link: CsmsLink) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _keep_systemd_happy() -> None:
+async def _keep_systemd_happy(kiosk: Kiosk, clock: Clock) -> None:
+    """Ping systemd's watchdog only while the kiosk loop makes progress (invariant 4):
+    a loop stuck on a dying SD card gets the daemon restarted, relay opened by the unit."""
     interval = systemd.watchdog_interval_s()
     if interval is None:
         return
     while True:
-        systemd.notify("WATCHDOG=1")
+        if clock.monotonic() - kiosk.last_progress < max(2 * interval, 2 * KIOSK_TICK_S):
+            systemd.notify("WATCHDOG=1")
+        else:
+            log.error("the kiosk loop has made no progress: not feeding the watchdog")
         await asyncio.sleep(interval)

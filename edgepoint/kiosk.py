@@ -53,6 +53,10 @@ from edgepoint.storage.chargepoint import Change, ChargePointStore
 
 log = logging.getLogger(__name__)
 
+# The loop handles an item at least this often even with no input, so that its progress
+# (which feeds the systemd watchdog) proves it is not stuck.
+KIOSK_TICK_S = 1.0
+
 # Which status the shared LEDs show when connectors disagree: the most urgent wins.
 _LED_PRIORITY = (
     ConnectorStatus.FAULTED,
@@ -136,6 +140,11 @@ Command = (
 
 
 @dataclass(frozen=True, slots=True)
+class _Tick:
+    """Nothing to do: proves the loop turns."""
+
+
+@dataclass(frozen=True, slots=True)
 class _Confirmed:
     """The CSMS confirmed a session's StartTransaction (or its StopTransaction)."""
 
@@ -148,7 +157,7 @@ class _Confirmed:
 @dataclass(slots=True)
 class _Item:
     connector_id: int | None
-    what: Event | Command | _Confirmed
+    what: Event | Command | _Confirmed | _Tick
     reply: asyncio.Future[Any] | None = None
 
 
@@ -243,6 +252,7 @@ class Kiosk:
         self._unrouted = 0
         self._watchers: set[Callable[[], None]] = set()
         self._authorizations: set[asyncio.Task[None]] = set()
+        self.last_progress = now  # monotonic time the loop last finished an item
 
     @property
     def connector_ids(self) -> tuple[int, ...]:
@@ -328,6 +338,9 @@ class Kiosk:
             task.cancel()
 
     async def _step(self, item: _Item) -> None:
+        if isinstance(item.what, _Tick):
+            self.last_progress = self._clock.monotonic()
+            return
         try:
             answer = await self._dispatch(item)
         except Exception as err:
@@ -336,6 +349,7 @@ class Kiosk:
             raise  # a failing kiosk loop stops the daemon (relay open): invariant 9
         if item.reply is not None and not item.reply.done():
             item.reply.set_result(answer)
+        self.last_progress = self._clock.monotonic()
         # Every handled item changes what a watcher shows (at least the live telemetry).
         for notify in list(self._watchers):
             notify()
@@ -359,6 +373,7 @@ class Kiosk:
         if isinstance(what, Event):
             assert item.connector_id is not None
             return await self._handle(item.connector_id, what)
+        assert not isinstance(what, _Tick)  # handled in _step
         return await self._command(what)
 
     async def _handle(self, cid: int, event: Event) -> Outcome:
@@ -629,9 +644,13 @@ class Kiosk:
     async def _watch_telemetry(self) -> None:
         # Lost telemetry is a safety condition (invariant 4): the relay must open.
         period = min(0.5, self._telemetry_timeout / 4)
+        ticked = self._clock.monotonic()
         while True:
             await asyncio.sleep(period)
             now = self._clock.monotonic()
+            if now - ticked >= KIOSK_TICK_S:
+                ticked = now
+                self._queue.put_nowait(_Item(None, _Tick()))
             for cid, last in self._last_sample_at.items():
                 silent = now - last
                 if silent > self._telemetry_timeout and not self._telemetry_lost[cid]:
