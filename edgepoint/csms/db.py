@@ -7,12 +7,11 @@ import contextlib
 import hashlib
 import hmac
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
-
-import aiosqlite
 
 from edgepoint.charging.events import IdTag
 from edgepoint.clock import Clock, SystemClock, iso_utc
@@ -39,7 +38,7 @@ from edgepoint.csms.records import (
 )
 from edgepoint.csms.schema import MIGRATIONS
 from edgepoint.errors import StorageError
-from edgepoint.storage.sqlite import Database
+from edgepoint.storage.worker import SqliteWorker
 
 # Auth keys are random machine secrets of 16+ characters, so stretching matters less
 # than for passwords; 100k rounds take ~60 ms on x86 and a few hundred ms on a Pi 4.
@@ -59,14 +58,12 @@ def _optional_time(text: str | None) -> datetime | None:
     return None if text is None else _from_text(text)
 
 
-async def _fetch_all(db: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
-    async with db.execute(sql, params) as cursor:
-        return list(await cursor.fetchall())
+def _fetch_all(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+    return db.execute(sql, params).fetchall()
 
 
-async def _fetch_one(db: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> Any:
-    async with db.execute(sql, params) as cursor:
-        return await cursor.fetchone()
+def _fetch_one(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> Any:
+    return db.execute(sql, params).fetchone()
 
 
 def _hash_key(key: str, salt: bytes, iterations: int) -> bytes:
@@ -77,7 +74,7 @@ class ChargePointRepository:
     """Charge points: registration with a hashed Basic-auth key, boot and heartbeat info."""
 
     def __init__(
-        self, db: Database, clock: Clock, *, iterations: int = DEFAULT_AUTH_ITERATIONS
+        self, db: SqliteWorker, clock: Clock, *, iterations: int = DEFAULT_AUTH_ITERATIONS
     ) -> None:
         self._db = db
         self._clock = clock
@@ -90,8 +87,10 @@ class ChargePointRepository:
         salt = os.urandom(_SALT_BYTES)
         # PBKDF2 is CPU-bound on purpose; keep it off the event loop.
         digest = await asyncio.to_thread(_hash_key, key, salt, self._iterations)
-        async with self._db.write() as db:
-            await db.execute(
+        row = (cp_id, salt, digest, self._iterations, _to_text(self._clock.utc_now()))
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
                 """
                 INSERT INTO charge_points
                     (id, auth_salt, auth_hash, auth_iterations, registered_at)
@@ -101,17 +100,20 @@ class ChargePointRepository:
                     auth_hash = excluded.auth_hash,
                     auth_iterations = excluded.auth_iterations
                 """,
-                (cp_id, salt, digest, self._iterations, _to_text(self._clock.utc_now())),
+                row,
             )
+
+        await self._db.write(write)
 
     async def verify_auth_key(self, charge_point_id: str, key: str) -> bool:
         """Tell whether `key` is the registered key of the charge point (False if unknown)."""
-        async with self._db.read() as db:
-            row = await _fetch_one(
+        row = await self._db.read(
+            lambda db: _fetch_one(
                 db,
                 "SELECT auth_salt, auth_hash, auth_iterations FROM charge_points WHERE id = ?",
                 (charge_point_id,),
             )
+        )
         if row is None or row["auth_hash"] is None:
             # Spend the same work as for a known id, so timing does not reveal which ids exist.
             await asyncio.to_thread(_hash_key, key, b"\0" * _SALT_BYTES, self._iterations)
@@ -132,36 +134,41 @@ class ChargePointRepository:
         at: datetime,
     ) -> None:
         """Store what a BootNotification said about the charge point."""
-        async with self._db.write() as db:
-            await db.execute(
+        values = (vendor, model, firmware, serial_number, _to_text(at), charge_point_id)
+        await self._db.write(
+            lambda db: db.execute(
                 """
                 UPDATE charge_points
                 SET vendor = ?, model = ?, firmware = ?, serial_number = ?, last_boot_at = ?
                 WHERE id = ?
                 """,
-                (vendor, model, firmware, serial_number, _to_text(at), charge_point_id),
+                values,
             )
+        )
 
     async def record_heartbeat(self, charge_point_id: ChargePointId, at: datetime) -> None:
         """Store the time of the latest Heartbeat."""
-        async with self._db.write() as db:
-            await db.execute(
-                "UPDATE charge_points SET last_heartbeat_at = ? WHERE id = ?",
-                (_to_text(at), charge_point_id),
+        values = (_to_text(at), charge_point_id)
+        await self._db.write(
+            lambda db: db.execute(
+                "UPDATE charge_points SET last_heartbeat_at = ? WHERE id = ?", values
             )
+        )
 
     async def get(self, charge_point_id: str) -> ChargePointRecord | None:
         """Return one charge point, or None."""
-        async with self._db.read() as db:
-            row = await _fetch_one(
+        row = await self._db.read(
+            lambda db: _fetch_one(
                 db, "SELECT * FROM charge_points WHERE id = ?", (charge_point_id,)
             )
+        )
         return None if row is None else _charge_point(row)
 
     async def list(self) -> list[ChargePointRecord]:
         """Return every registered charge point, by id."""
-        async with self._db.read() as db:
-            rows = await _fetch_all(db, "SELECT * FROM charge_points ORDER BY id", ())
+        rows = await self._db.read(
+            lambda db: _fetch_all(db, "SELECT * FROM charge_points ORDER BY id", ())
+        )
         return [_charge_point(row) for row in rows]
 
 
@@ -182,7 +189,7 @@ def _charge_point(row: Any) -> ChargePointRecord:
 class ConnectorRepository:
     """Latest status of every connector of every charge point."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqliteWorker) -> None:
         self._db = db
 
     async def record_status(
@@ -199,8 +206,9 @@ class ConnectorRepository:
         received_at: datetime,
     ) -> bool:
         """Store a StatusNotification unless a newer one is already stored; tell if stored."""
-        async with self._db.write() as db:
-            cursor = await db.execute(
+
+        def write(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
                 """
                 INSERT INTO connectors (charge_point_id, connector_id, status, error_code,
                     info, vendor_id, vendor_error_code, timestamp, received_at)
@@ -229,19 +237,24 @@ class ConnectorRepository:
             )
             return cursor.rowcount > 0
 
+        return await self._db.write(write)
+
     async def list(self, charge_point_id: str | None = None) -> list[ConnectorStatus]:
         """Return connector statuses, of one charge point or of all."""
-        async with self._db.read() as db:
-            if charge_point_id is None:
-                rows = await _fetch_all(
+        if charge_point_id is None:
+            rows = await self._db.read(
+                lambda db: _fetch_all(
                     db, "SELECT * FROM connectors ORDER BY charge_point_id, connector_id", ()
                 )
-            else:
-                rows = await _fetch_all(
+            )
+        else:
+            rows = await self._db.read(
+                lambda db: _fetch_all(
                     db,
                     "SELECT * FROM connectors WHERE charge_point_id = ? ORDER BY connector_id",
                     (charge_point_id,),
                 )
+            )
         return [
             ConnectorStatus(
                 charge_point_id=ChargePointId(row["charge_point_id"]),
@@ -272,7 +285,7 @@ def _expiry(expires: date | datetime | None) -> datetime | None:
 class CardRepository:
     """The id tags (RFID cards) this CSMS authorizes; unknown tags are Invalid."""
 
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: SqliteWorker, clock: Clock) -> None:
         self._db = db
         self._clock = clock
 
@@ -293,36 +306,42 @@ class CardRepository:
             parent_id_tag=None if parent_id_tag is None else parse_id_tag(parent_id_tag),
             created_at=self._clock.utc_now().astimezone(UTC),
         )
-        async with self._db.write() as db:
-            cursor = await db.execute(
-                """
+        values = (
+            card.id_tag,
+            card.name,
+            card.status.value,
+            None if card.expires is None else _to_text(card.expires),
+            card.parent_id_tag,
+            _to_text(card.created_at),
+        )
+        inserted = await self._db.write(
+            lambda db: (
+                db.execute(
+                    """
                 INSERT INTO id_tags (id_tag, name, status, expires_at, parent_id_tag, created_at)
                 VALUES (?, ?, ?, ?, ?, ?)
                 ON CONFLICT (id_tag) DO NOTHING
                 """,
-                (
-                    card.id_tag,
-                    card.name,
-                    card.status.value,
-                    None if card.expires is None else _to_text(card.expires),
-                    card.parent_id_tag,
-                    _to_text(card.created_at),
-                ),
+                    values,
+                ).rowcount
             )
-            if cursor.rowcount == 0:
-                raise CardExistsError(f"id tag {card.id_tag!r} is already registered")
+        )
+        if inserted == 0:
+            raise CardExistsError(f"id tag {card.id_tag!r} is already registered")
         return card
 
     async def get(self, id_tag: str) -> Card | None:
         """Return the card (matched case-insensitively), or None."""
-        async with self._db.read() as db:
-            row = await _fetch_one(db, "SELECT * FROM id_tags WHERE id_tag = ?", (id_tag,))
+        row = await self._db.read(
+            lambda db: _fetch_one(db, "SELECT * FROM id_tags WHERE id_tag = ?", (id_tag,))
+        )
         return None if row is None else _card(row)
 
     async def list(self) -> list[Card]:
         """Return every card, by id tag."""
-        async with self._db.read() as db:
-            rows = await _fetch_all(db, "SELECT * FROM id_tags ORDER BY id_tag", ())
+        rows = await self._db.read(
+            lambda db: _fetch_all(db, "SELECT * FROM id_tags ORDER BY id_tag", ())
+        )
         return [_card(row) for row in rows]
 
     async def block(self, id_tag: str) -> bool:
@@ -335,9 +354,10 @@ class CardRepository:
 
     async def remove(self, id_tag: str) -> bool:
         """Forget a card (it becomes Invalid); False if there was no such card."""
-        async with self._db.write() as db:
-            cursor = await db.execute("DELETE FROM id_tags WHERE id_tag = ?", (id_tag,))
-            return cursor.rowcount > 0
+        removed: int = await self._db.write(
+            lambda db: db.execute("DELETE FROM id_tags WHERE id_tag = ?", (id_tag,)).rowcount
+        )
+        return removed > 0
 
     async def check(self, id_tag: str, now: datetime) -> IdTagVerdict:
         """Decide on an id tag at `now`: Accepted, Blocked, Expired or Invalid (unknown)."""
@@ -357,11 +377,14 @@ class CardRepository:
         return (await self.check(id_tag, now)).status
 
     async def _set_status(self, id_tag: str, status: CardStatus) -> bool:
-        async with self._db.write() as db:
-            cursor = await db.execute(
-                "UPDATE id_tags SET status = ? WHERE id_tag = ?", (status.value, id_tag)
+        changed: int = await self._db.write(
+            lambda db: (
+                db.execute(
+                    "UPDATE id_tags SET status = ? WHERE id_tag = ?", (status.value, id_tag)
+                ).rowcount
             )
-            return cursor.rowcount > 0
+        )
+        return changed > 0
 
 
 def _card(row: Any) -> Card:
@@ -382,8 +405,8 @@ _INSERT_SAMPLE = """
 """
 
 
-async def _insert_samples(
-    db: aiosqlite.Connection,
+def _insert_samples(
+    db: sqlite3.Connection,
     charge_point_id: ChargePointId,
     connector_id: int,
     transaction_id: int | None,
@@ -391,7 +414,7 @@ async def _insert_samples(
 ) -> int:
     inserted = 0
     for s in samples:
-        cursor = await db.execute(
+        cursor = db.execute(
             _INSERT_SAMPLE,
             (
                 charge_point_id,
@@ -414,7 +437,7 @@ async def _insert_samples(
 class MeterValueRepository:
     """Sampled meter values; a retried MeterValues message is stored once."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqliteWorker) -> None:
         self._db = db
 
     async def add(
@@ -425,27 +448,31 @@ class MeterValueRepository:
         samples: Sequence[MeterSample],
     ) -> int:
         """Store samples not stored yet, all in one transaction; return how many were new."""
-        async with self._db.write() as db:
-            return await _insert_samples(db, charge_point_id, connector_id, transaction_id, samples)
+        return await self._db.write(
+            lambda db: _insert_samples(db, charge_point_id, connector_id, transaction_id, samples)
+        )
 
     async def list(
         self, charge_point_id: str, *, transaction_id: int | None = None
     ) -> list[MeterValueRecord]:
         """Return a charge point's samples (optionally of one transaction) in time order."""
-        async with self._db.read() as db:
-            if transaction_id is None:
-                rows = await _fetch_all(
+        if transaction_id is None:
+            rows = await self._db.read(
+                lambda db: _fetch_all(
                     db,
                     "SELECT * FROM meter_values WHERE charge_point_id = ? ORDER BY timestamp, id",
                     (charge_point_id,),
                 )
-            else:
-                rows = await _fetch_all(
+            )
+        else:
+            rows = await self._db.read(
+                lambda db: _fetch_all(
                     db,
                     "SELECT * FROM meter_values WHERE charge_point_id = ? AND transaction_id = ?"
                     " ORDER BY timestamp, id",
                     (charge_point_id, transaction_id),
                 )
+            )
         return [
             MeterValueRecord(
                 charge_point_id=ChargePointId(row["charge_point_id"]),
@@ -469,7 +496,7 @@ class MeterValueRepository:
 class TransactionRepository:
     """Charging transactions; Start and Stop are idempotent so a retry changes nothing."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqliteWorker) -> None:
         self._db = db
 
     async def start(
@@ -486,8 +513,9 @@ class TransactionRepository:
     ) -> StartOutcome:
         """Record a StartTransaction; the same message again returns the same id."""
         key = (charge_point_id, connector_id, id_tag, _to_text(timestamp), meter_start)
-        async with self._db.write() as db:
-            cursor = await db.execute(
+
+        def write(db: sqlite3.Connection) -> StartOutcome:
+            cursor = db.execute(
                 """
                 INSERT INTO transactions (charge_point_id, connector_id, id_tag,
                     start_timestamp, meter_start, id_tag_status, reservation_id, received_at)
@@ -499,7 +527,7 @@ class TransactionRepository:
             )
             if cursor.rowcount == 1 and cursor.lastrowid is not None:
                 return StartOutcome(cursor.lastrowid, repeated=False)
-            row = await _fetch_one(
+            row = _fetch_one(
                 db,
                 """
                 SELECT transaction_id FROM transactions
@@ -511,6 +539,8 @@ class TransactionRepository:
             if row is None:
                 raise StorageError("csms.db: StartTransaction neither stored nor found")
             return StartOutcome(int(row["transaction_id"]), repeated=True)
+
+        return await self._db.write(write)
 
     async def stop(
         self,
@@ -529,8 +559,9 @@ class TransactionRepository:
         samples not seen yet; a stop for a transaction this charge point does not own
         is UNKNOWN, and its samples are kept under connector 0 so they are not lost.
         """
-        async with self._db.write() as db:
-            row = await _fetch_one(
+
+        def write(db: sqlite3.Connection) -> StopOutcome:
+            row = _fetch_one(
                 db,
                 """
                 SELECT connector_id, stop_timestamp FROM transactions
@@ -547,7 +578,7 @@ class TransactionRepository:
             else:
                 outcome = StopOutcome.STOPPED
                 connector_id = int(row["connector_id"])
-                await db.execute(
+                db.execute(
                     """
                     UPDATE transactions
                     SET meter_stop = ?, stop_timestamp = ?, stop_reason = ?, stop_id_tag = ?
@@ -555,30 +586,34 @@ class TransactionRepository:
                     """,
                     (meter_stop, _to_text(timestamp), reason, id_tag, transaction_id),
                 )
-            await _insert_samples(db, charge_point_id, connector_id, transaction_id, samples)
-        return outcome
+            _insert_samples(db, charge_point_id, connector_id, transaction_id, samples)
+            return outcome
+
+        return await self._db.write(write)
 
     async def get(self, transaction_id: int) -> TransactionRecord | None:
         """Return one transaction, or None."""
-        async with self._db.read() as db:
-            row = await _fetch_one(
+        row = await self._db.read(
+            lambda db: _fetch_one(
                 db, "SELECT * FROM transactions WHERE transaction_id = ?", (transaction_id,)
             )
+        )
         return None if row is None else _transaction(row)
 
     async def list(self, charge_point_id: str | None = None) -> list[TransactionRecord]:
         """Return transactions, of one charge point or of all, oldest first."""
-        async with self._db.read() as db:
-            if charge_point_id is None:
-                rows = await _fetch_all(
-                    db, "SELECT * FROM transactions ORDER BY transaction_id", ()
-                )
-            else:
-                rows = await _fetch_all(
+        if charge_point_id is None:
+            rows = await self._db.read(
+                lambda db: _fetch_all(db, "SELECT * FROM transactions ORDER BY transaction_id", ())
+            )
+        else:
+            rows = await self._db.read(
+                lambda db: _fetch_all(
                     db,
                     "SELECT * FROM transactions WHERE charge_point_id = ? ORDER BY transaction_id",
                     (charge_point_id,),
                 )
+            )
         return [_transaction(row) for row in rows]
 
 
@@ -603,7 +638,7 @@ class CsmsStore:
     """csms.db with every repository over it: what the CSMS and the `cards` CLI open."""
 
     def __init__(
-        self, db: Database, clock: Clock, *, auth_iterations: int = DEFAULT_AUTH_ITERATIONS
+        self, db: SqliteWorker, clock: Clock, *, auth_iterations: int = DEFAULT_AUTH_ITERATIONS
     ) -> None:
         self.db = db
         self.charge_points = ChargePointRepository(db, clock, iterations=auth_iterations)
@@ -617,7 +652,9 @@ class CsmsStore:
         cls, path: Path, clock: Clock, *, auth_iterations: int = DEFAULT_AUTH_ITERATIONS
     ) -> CsmsStore:
         """Open (creating and migrating if needed) csms.db at `path`."""
-        return cls(await Database.open(path, MIGRATIONS), clock, auth_iterations=auth_iterations)
+        return cls(
+            await SqliteWorker.open(path, MIGRATIONS), clock, auth_iterations=auth_iterations
+        )
 
     async def close(self) -> None:
         """Close the database connection."""

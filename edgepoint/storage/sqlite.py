@@ -84,7 +84,7 @@ async def migrate(db: aiosqlite.Connection, migrations: Sequence[Migration]) -> 
             await db.execute("COMMIT")
             continue
         try:
-            for statement in _split(script):
+            for statement in split_statements(script):
                 await db.execute(statement)
             # PRAGMA takes no parameters; version is our own integer.
             await db.execute(f"PRAGMA user_version = {version}")
@@ -102,7 +102,7 @@ async def _user_version(db: aiosqlite.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def _split(script: str) -> list[str]:
+def split_statements(script: str) -> list[str]:
     """Split a migration script into statements (our migrations hold no ';' in literals)."""
     return [s.strip() for s in script.split(";") if s.strip()]
 
