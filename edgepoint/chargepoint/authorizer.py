@@ -15,7 +15,6 @@ from typing import Any, Protocol
 from edgepoint.chargepoint.settings import Settings
 from edgepoint.charging.authorization import (
     AuthSettings,
-    KnownTag,
     Source,
     TagEntry,
     before_asking,
@@ -121,5 +120,3 @@ class Authorizer:
         log.info("card %s: %s (%s)", mask_id_tag(id_tag), status, source)
         return Verdict(status, source)
 
-
-__all__ = ["Authorizer", "KnownTag", "Verdict", "auth_settings", "tag_entry"]

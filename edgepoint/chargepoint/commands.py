@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any, Protocol
 
 from edgepoint.chargepoint.authorizer import tag_entry
 from edgepoint.chargepoint.settings import ConfigurationStatus, Settings, TooManyKeysError
 from edgepoint.charging.authorization import (
-    EMPTY_LIST_VERSION,
     TagEntry,
     UpdateStatus,
     UpdateType,
@@ -219,7 +217,7 @@ class CommandHandler:
             entries.append((IdTag(item["idTag"]), None if info is None else tag_entry(info)))
         current = await self._lists.local_list()
         change = apply_local_list(
-            await self._lists.local_list_version() if current else EMPTY_LIST_VERSION,
+            await self._lists.local_list_version(),
             current,
             UpdateType(payload["updateType"]),
             int(payload["listVersion"]),
@@ -250,5 +248,3 @@ _HANDLERS: dict[str, _Handler] = {
     "GetLocalListVersion": CommandHandler.get_local_list_version,
     "SendLocalList": CommandHandler.send_local_list,
 }
-
-__all__ = ["CommandHandler", "datetime"]
