@@ -26,18 +26,33 @@ from edgepoint.chargepoint.settings import SettingChange, Settings
 from edgepoint.charging.connector import Connector
 from edgepoint.charging.events import StopReason
 from edgepoint.clock import Clock, SystemClock, is_synced
+from edgepoint.cloud.service import Cloud, build_cloud
 from edgepoint.config import Config
-from edgepoint.control.server import ControlServer
-from edgepoint.csms.server import SiteCsms
+from edgepoint.control.api import Access, Code, ControlApi
+from edgepoint.control.csms_proxy import register_csms_proxy
+from edgepoint.control.server import ControlServer, Limits
+from edgepoint.control.station import register_station
+from edgepoint.csms.api import COMMAND_FLAGS as CSMS_COMMAND_FLAGS
+from edgepoint.csms.db import CsmsStore, open_csms_database
+from edgepoint.csms.process import CsmsProcess
 from edgepoint.drivers.panel import Panel
-from edgepoint.drivers.rfid import EmulatedI2CBus, Pn532Emulator, Pn532Reader, open_pn532_bus
+from edgepoint.drivers.rfid import (
+    DeferredLink,
+    Interface,
+    IrqLine,
+    Pn532Emulator,
+    Pn532Link,
+    Pn532Reader,
+    emulated_link,
+    hardware_link,
+)
 from edgepoint.drivers.telemetry import (
     Esp32Emulator,
     MeterChannel,
     SerialTelemetryReader,
     open_pty,
 )
-from edgepoint.errors import ControlError
+from edgepoint.errors import ControlError, DeviceError
 from edgepoint.keys import load_or_create_key
 from edgepoint.kiosk import (
     KIOSK_TICK_S,
@@ -58,6 +73,8 @@ log = logging.getLogger(__name__)
 SHUTDOWN_FLUSH_S = 1.5
 # Where the simulated ESP32 keeps its energy registers between runs of the daemon.
 SIMULATED_NVS = "simulated-esp32.nvs"
+# Signals that stop the daemon cleanly (relays opened, sessions ended).
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Exit(StrEnum):
@@ -76,19 +93,44 @@ class Devices:
     telemetry: SerialTelemetryReader
     background: list[Coroutine[Any, Any, None]] = field(default_factory=list)
     card_field: Pn532Emulator | None = None
+    esp32: Esp32Emulator | None = None  # the simulated firmware, for fault injection
     cleanup: list[Callable[[], None]] = field(default_factory=list)
 
 
 def build_devices(config: Config, panel: Panel) -> Devices:
-    """Real devices, or their twins at the lowest boundary (emulated I2C bus, pty)."""
-    hw = config.hardware
+    """Real devices, or their twins at the lowest boundary (emulated buses, pty)."""
+    hw, rfid = config.hardware, config.rfid
+    interface = Interface(rfid.interface)
     if not hw.simulate:
+        link: Pn532Link = DeferredLink(
+            interface,
+            functools.partial(
+                hardware_link,
+                interface,
+                spi_cs_pin=rfid.spi_cs_pin,
+                uart_port=rfid.uart_port,
+                uart_baudrate=rfid.uart_baudrate,
+                reset_pin=rfid.reset_pin,
+                req_pin=rfid.req_pin,
+            ),
+        )
+        irq = None
+        if rfid.irq_pin is not None:
+            try:
+                irq = IrqLine(rfid.irq_pin)
+            except DeviceError as err:
+                # Slower, but every card is still read: the status is polled instead.
+                log.error("%s; polling the PN532 instead", err)
         return Devices(
-            rfid=Pn532Reader(open_pn532_bus(simulate=False)),
-            telemetry=SerialTelemetryReader(hw.serial_port, hw.serial_baudrate),
+            rfid=_reader(link, irq, config),
+            telemetry=SerialTelemetryReader(
+                hw.serial_port, hw.serial_baudrate, watchdog_timeout_s=hw.esp32_watchdog_s
+            ),
+            cleanup=[irq.close] if irq is not None else [],
         )
     sim = config.simulation
     chip = Pn532Emulator()
+    irq = IrqLine.emulated(chip, rfid.irq_pin) if rfid.irq_pin is not None else None
     master_fd, slave_path = open_pty()
     esp32 = Esp32Emulator(
         master_fd,
@@ -101,13 +143,28 @@ def build_devices(config: Config, panel: Panel) -> Devices:
         charge_power_w=sim.charge_power_w,
         interval_s=sim.telemetry_interval_s,
         energy_wh=sim.start_energy_wh,
+        # As the firmware: its relays stay open until the kiosk's first ping.
+        watchdog=True,
     )
     return Devices(
-        rfid=Pn532Reader(EmulatedI2CBus.with_pn532(chip)),
-        telemetry=SerialTelemetryReader(slave_path, hw.serial_baudrate),
+        rfid=_reader(emulated_link(chip, interface), irq, config),
+        telemetry=SerialTelemetryReader(
+            slave_path, hw.serial_baudrate, watchdog_timeout_s=hw.esp32_watchdog_s
+        ),
         background=[esp32.run()],
         card_field=chip,
-        cleanup=[lambda: os.close(master_fd)],
+        esp32=esp32,
+        cleanup=[lambda: os.close(master_fd), *([irq.close] if irq is not None else [])],
+    )
+
+
+def _reader(link: Pn532Link, irq: IrqLine | None, config: Config) -> Pn532Reader:
+    return Pn532Reader(
+        link,
+        irq=irq,
+        poll_interval_s=config.rfid.poll_interval_s,
+        removal_s=config.rfid.removal_s,
+        health_check_s=config.rfid.health_check_s,
     )
 
 
@@ -122,7 +179,7 @@ class Station:
         sender: OutboxSender,
         store: ChargePointStore,
         devices: Devices,
-        csms: SiteCsms | None,
+        csms: CsmsProcess | None,
         supervisor: Supervisor,
         clock: Clock,
     ) -> None:
@@ -136,6 +193,19 @@ class Station:
         self._supervisor = supervisor
         self._clock = clock
         self._started = clock.monotonic()
+        self.cloud: Cloud | None = None  # Firebase state, fleet cards, ledger (cloud/)
+
+    async def _embedded_csms(self) -> dict[str, Any] | None:
+        """The CSMS process as `status` shows it; never waits long for a busy one."""
+        if self._csms is None:
+            return None
+        state: dict[str, Any] = {"pid": self._csms.pid, "restarts": self._csms.exits}
+        try:
+            async with asyncio.timeout(1.0):
+                state |= await self._csms.request("csms.status")
+        except (ControlError, TimeoutError) as err:
+            state |= {"listening": False, "connected": [], "error": str(err) or "no answer"}
+        return state
 
     async def status(self) -> dict[str, Any]:
         k = self._kiosk.snapshot()
@@ -147,6 +217,9 @@ class Station:
                 "operative": c.operative,
                 "relay_closed": c.relay_closed,
                 "telemetry_lost": c.telemetry_lost,
+                # Active interlocks, most severe first, and the errorCode they report.
+                "faults": list(c.faults),
+                "error_code": c.error_code,
                 "session": None
                 if c.session_id is None
                 else {
@@ -181,9 +254,7 @@ class Station:
             "rfid": _plain(self._devices.rfid.stats),
             "links": {
                 "csms": _plain(self._link.snapshot()),
-                "embedded_csms": None
-                if self._csms is None
-                else {"connected": sorted(self._csms.connected_ids())},
+                "embedded_csms": await self._embedded_csms(),
             },
             "services": [_plain(s) for s in self._supervisor.snapshot()],
             "outbox": {
@@ -194,18 +265,28 @@ class Station:
             },
             "alarms": _alarms(sender.alarms, outbox.parked),
             "events_rejected": k.events_rejected,
+            # Charge-point-wide interlocks (reader, storage, stalled loop); LEDs; writes
+            # kept in memory while the database refuses them.
+            "faults": list(k.faults),
+            "indication": k.indication,
+            "unsaved_writes": k.unsaved_writes,
+            "cloud": None if self.cloud is None else await self.cloud.status(),
         }
 
     async def tap(self, uid: str) -> None:
         chip = self._devices.card_field
         if chip is None:
-            raise ControlError("tap needs simulated hardware (hardware.simulate = true)")
+            raise ControlError(
+                "tap needs simulated hardware (hardware.simulate = true)", Code.UNAVAILABLE
+            )
         try:
             raw = bytes.fromhex(uid)
         except ValueError as err:
-            raise ControlError(f"card UID must be hex, got {uid!r}") from err
+            raise ControlError(f"card UID must be hex, got {uid!r}", Code.BAD_REQUEST) from err
         if len(raw) not in (4, 7, 10):
-            raise ControlError(f"card UID must be 4, 7 or 10 bytes, got {len(raw)}")
+            raise ControlError(
+                f"card UID must be 4, 7 or 10 bytes, got {len(raw)}", Code.BAD_REQUEST
+            )
         chip.present_card(raw)
 
     def watch(self, notify: Callable[[], None]) -> Callable[[], None]:
@@ -238,7 +319,15 @@ def _plain(snapshot: Any) -> Any:
 
 
 async def run(config: Config, clock: Clock | None = None) -> Exit:
-    """Run the daemon until SIGINT/SIGTERM or an OCPP Reset, then stop cleanly."""
+    """Run the daemon until SIGINT/SIGTERM/SIGHUP or an OCPP Reset, then stop cleanly."""
+    # The relays are set up (open) before anything else is read: a GPIO line keeps its
+    # level through a crash, and nothing below (key file, database) may run with a
+    # relay closed. From here on every way out of this function opens them (finally).
+    panel = (
+        Panel.simulated(config.hardware, config.connectors)
+        if config.hardware.simulate
+        else Panel(config.hardware, config.connectors)
+    )
     system_clock = SystemClock()
     clock = clock or system_clock
     loop = asyncio.get_running_loop()
@@ -249,19 +338,15 @@ async def run(config: Config, clock: Clock | None = None) -> Exit:
         ending.append(kind)
         stop.set()
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP too: its default (a closed ssh session) would end the process without
+    # opening the relays.
+    for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, request_exit, Exit.STOPPED)
-
-    # The relays are set up (open) before anything else is read.
-    panel = (
-        Panel.simulated(config.hardware, config.connectors)
-        if config.hardware.simulate
-        else Panel(config.hardware, config.connectors)
-    )
-    auth_key = load_or_create_key(config.chargepoint.auth_key_file, create=config.csms.enabled)
-    store = await ChargePointStore.open(config.storage.chargepoint_db)
+    store: ChargePointStore | None = None
     devices: Devices | None = None
     try:
+        auth_key = load_or_create_key(config.chargepoint.auth_key_file, create=config.csms.enabled)
+        store = await ChargePointStore.open(config.storage.chargepoint_db)
         settings = await SettingsRepository(store.db).load_settings(
             dict(config.ocpp), number_of_connectors=len(config.connectors)
         )
@@ -283,11 +368,12 @@ async def run(config: Config, clock: Clock | None = None) -> Exit:
         return ending[0] if ending else exit_kind
     finally:
         panel.close()
-        await store.close()
+        if store is not None:
+            await store.close()
         if devices is not None:
             for cleanup in devices.cleanup:
                 cleanup()
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in _STOP_SIGNALS:
             loop.remove_signal_handler(signum)
 
 
@@ -345,8 +431,16 @@ async def _serve(
             outbox_budget=config.chargepoint.outbox_max_messages,
             on_outbox=lambda: wake[0]() if wake else None,
         ),
+        limits=config.safety.limits,
+        loop_stall_s=config.safety.loop_stall_s,
+        # The ESP32 link: watchdog pings from the loop, relay states and their echo.
+        esp32=devices.telemetry,
+        reader=devices.rfid,  # a lost reader faults every connector
     )
     kiosk.restore_availability(availability)
+    # The idle LEDs tell a driver whether unknown cards can be checked.
+    kiosk.csms_online(link.online)
+    link.watch(lambda: kiosk.csms_online(link.online))
     sender = OutboxSender(
         store,
         link,
@@ -379,23 +473,39 @@ async def _serve(
     settings.subscribe(follow, ["MeterValueSampleInterval", "HeartbeatInterval"])
 
     async with asyncio.TaskGroup() as tg:
-        csms: SiteCsms | None = None
+        csms: CsmsProcess | None = None
         csms_task = None
+        csms_cards: CsmsStore | None = None
         if config.csms.enabled:
-            csms = SiteCsms(
-                config.storage.csms_db,
-                config.csms.host,
-                config.csms.port,
-                clock,
-                heartbeat_interval=config.csms.heartbeat_interval,
-            )
-            csms_task = tg.create_task(supervisor.keep("embedded csms", csms.run))
-            await csms.wait_started()
+            # Our own charge point is registered before the CSMS process starts serving.
+            csms_cards = await open_csms_database(config.storage.csms_db, clock)
             if auth_key is not None:
-                await csms.register_charge_point(config.station.id, auth_key)
+                await csms_cards.charge_points.set_auth_key(config.station.id, auth_key)
+            csms = CsmsProcess(config.path, config.csms.control_socket)
+            csms_task = tg.create_task(supervisor.keep("embedded csms", csms.run))
+            if not await csms.wait_ready():
+                log.error("the embedded CSMS did not start in time; the kiosk goes on")
 
         station = Station(config, kiosk, link, sender, store, devices, csms, supervisor, clock)
-        control = ControlServer(config.control.socket, station)
+        # Fleet sync: supervised services fed from SQLite; none of them can hold up a tap.
+        cloud = station.cloud = build_cloud(
+            config,
+            clock,
+            store,
+            station.status,
+            station.watch,
+            lambda: None if csms_cards is None else csms_cards.cards,
+        )
+        api = ControlApi()
+        register_station(api, station)
+        if csms is not None:
+            register_csms_proxy(api, csms, CSMS_COMMAND_FLAGS)
+        control = ControlServer(
+            config.control.socket,
+            api,
+            Access.for_group(config.control.group),
+            Limits(max_clients=config.control.max_clients),
+        )
         front = [tg.create_task(coro) for coro in devices.background]
         front += [
             # The kiosk loop is the one task whose failure stops the daemon.
@@ -409,6 +519,7 @@ async def _serve(
         services = [
             tg.create_task(supervisor.keep("csms link", link.run)),
             tg.create_task(supervisor.keep("outbox sender", sender.run)),
+            *(tg.create_task(supervisor.keep(name, run)) for name, run in cloud.services),
         ]
         watchdog = tg.create_task(_keep_systemd_happy(kiosk, clock))
         if not is_synced(clock):
@@ -425,8 +536,11 @@ async def _serve(
         await _flush(store, link)
         await link.close()
         await _cancel([*services, watchdog])
+        cloud.close()
         if csms_task is not None:
             await _cancel([csms_task])
+        if csms_cards is not None:
+            await csms_cards.close()
     return Exit.STOPPED
 
 

@@ -65,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     command("run", _run, help="run the daemon (until SIGINT/SIGTERM)")
+    command(
+        "relay-off",
+        _relay_off,
+        help="drive every relay pin to its open level and exit (the unit's ExecStopPost)",
+    )
+    command("doctor", _doctor, help="check reader, ESP32, GPIO, groups, clock and storage")
     status = command("status", _status, help="show connector, session, links and outbox")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -88,6 +94,16 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("id_tag", help="card UID / idTag, e.g. 04A1B2C3")
     add.add_argument("--name", default="", help="who holds the card")
     add.add_argument("--expires", type=_expiry, help="expiry, YYYY-MM-DD or ISO-8601 (UTC)")
+    add.add_argument(
+        "--parent", metavar="ID_TAG", help="parent id tag (a blocked or expired parent blocks it)"
+    )
+    add.add_argument(
+        "--max-concurrent",
+        type=_at_least_one,
+        default=1,
+        metavar="N",
+        help="open transactions the card may have at once (default 1; more: ConcurrentTx)",
+    )
     lst = card_command("list", _cards_list, "list cards")
     lst.add_argument("--json", action="store_true", help="machine-readable output")
     block = card_command("block", _cards_block, "block a card")
@@ -96,7 +112,24 @@ def _parser() -> argparse.ArgumentParser:
     unblock.add_argument("id_tag")
     remove = card_command("remove", _cards_remove, "remove a card")
     remove.add_argument("id_tag")
+    from edgepoint.cloud.cli import add_ledger_commands
+
+    add_ledger_commands(sub)
+    # -- chargers and transactions (edgepoint/csms/cli.py) --
+    from edgepoint.csms.cli import add_charger_commands
+
+    add_charger_commands(sub)
     return parser
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a whole number >= 1: {text!r}")
+    return value
 
 
 def _expiry(text: str) -> datetime:
@@ -135,6 +168,29 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _relay_off(config: Config, args: argparse.Namespace) -> int:
+    """Open every relay from outside the daemon: systemd runs this after the daemon ended,
+    however it ended (kill -9, OOM, watchdog abort), since a GPIO line keeps its level."""
+    if config.hardware.simulate:
+        print("relay-off: simulated hardware (MockFactory pins): nothing to drive")
+        return EXIT_OK
+    from edgepoint.drivers.panel import force_relays_open
+
+    # systemd tells ExecStopPost how the daemon ended; worth a line in the journal.
+    ended = os.environ.get("SERVICE_RESULT")
+    for line in force_relays_open(config.hardware, config.connectors, pinctrl="auto"):
+        print(f"relay-off: {line}" + (f" (daemon ended: {ended})" if ended else ""))
+    return EXIT_OK
+
+
+def _doctor(config: Config, args: argparse.Namespace) -> int:
+    from edgepoint.doctor import exit_code, format_report, run_doctor
+
+    findings = run_doctor(config)
+    print(format_report(config, findings))
+    return exit_code(findings)
+
+
 # -- status and simulation ------------------------------------------------------------
 
 
@@ -156,12 +212,14 @@ def format_status(s: dict[str, Any]) -> str:
         f"{' (simulated hardware)' if s['simulated'] else ''}  up {s['uptime_s']:.0f} s",
         *([] if s["clock_synced"] else ["WARNING: wall clock not set (no NTP/RTC yet)"]),
         *(f"ALARM: {alarm}" for alarm in s.get("alarms", [])),
+        *(f"FAULT (charge point): {fault}" for fault in s.get("faults", [])),
     ]
     for c in s["connectors"]:
         lines.append(
             f"connector {c['id']}: {c['status']}  relay {'CLOSED' if c['relay_closed'] else 'open'}"
             f"{'' if c['operative'] else '  (inoperative)'}"
             f"{'  TELEMETRY LOST' if c['telemetry_lost'] else ''}"
+            + (f"  FAULT {', '.join(c['faults'])} ({c['error_code']})" if c.get("faults") else "")
         )
         if session := c["session"]:
             tx = session["transaction_id"]
@@ -230,7 +288,13 @@ def _with_cards(config: Config, work: Callable[[Any], Any]) -> Any:
 
 def _cards_add(config: Config, args: argparse.Namespace) -> int:
     async def work(cards: Any) -> None:
-        await cards.add(args.id_tag, name=args.name, expires=args.expires)
+        await cards.add(
+            args.id_tag,
+            name=args.name,
+            expires=args.expires,
+            parent_id_tag=args.parent,
+            max_concurrent_tx=args.max_concurrent,
+        )
 
     _with_cards(config, work)
     print(f"card {args.id_tag} added")

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import difflib
+import grp
 import stat
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from edgepoint.chargepoint.settings import REGISTRY, InvalidValue, KeyDef, KeyType, parse_value
+from edgepoint.charging.faults import Limits
+from edgepoint.csms.route import parse_path_prefix
+from edgepoint.csms.tls import ListenPolicyError, check_listen_policy, private_key_problem
 from edgepoint.errors import ConfigError
 
 
@@ -48,6 +52,29 @@ class CsmsConfig:
     host: str
     port: int
     heartbeat_interval: int
+    path_prefix: str = "/ocpp"  # chargers connect to <path_prefix>/<id>
+    tls_cert_file: Path | None = None  # server certificate (security profile 2)
+    tls_key_file: Path | None = None  # its private key; mode 0600 or stricter
+    tls_client_ca_file: Path | None = None  # CA of client certificates (profile 3)
+    require_auth: bool = True  # false only on a loopback host
+    allow_plaintext_on_network: bool = False  # ws:// beyond loopback, knowingly
+    # Per-connection limits (csms/limiter.py): largest frame, sampled values per
+    # MeterValues, answered calls per second per charger, bad frames a minute before
+    # the charger is disconnected.
+    max_frame_bytes: int = 64 * 1024
+    max_sampled_values: int = 500
+    max_calls_per_s: float = 25.0
+    max_bad_frames: int = 20
+    # The CSMS runs as a child process of the daemon; this is its own control socket
+    # (mode 0600: only the daemon talks to it, and forwards what clients may ask).
+    control_socket: Path = Path("var/csms.sock")
+    # Load management: the site's power limit shared by charging connectors (None: off).
+    site_limit_w: int | None = None
+    min_connector_w: int = 1380
+    # Retention of meter values, closed transactions and status history (None: forever).
+    retention_meter_values_days: int | None = 90
+    retention_transactions_days: int | None = 730
+    retention_status_days: int | None = 14
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +104,34 @@ class HardwareConfig:
     red_led_pin: int
     buzzer_pin: int
     telemetry_timeout_s: float
+    relay_active_high: bool = True  # False: the relay board closes on a low pin
+    # The ESP32 opens its own relays when the Pi's watchdog pings stop for this long.
+    esp32_watchdog_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class RfidConfig:
+    """The PN532 card reader ([rfid]): its bus, its pins, and how taps are told apart."""
+
+    interface: str = "i2c"  # i2c, spi or uart, as the breakout's mode jumpers are set
+    spi_cs_pin: int = 5  # BCM GPIO used as the SPI chip select
+    uart_port: str = "/dev/serial0"  # the serial port of a PN532 in UART (HSU) mode
+    uart_baudrate: int = 115200
+    irq_pin: int | None = None  # BCM GPIO wired to the PN532's IRQ; None: poll the status
+    reset_pin: int | None = None  # BCM GPIO wired to RSTPDN; None: not wired
+    req_pin: int | None = None  # I2C only: BCM GPIO wired to P32/H_REQ; None: not wired
+    poll_interval_s: float = 0.2  # without IRQ: how often the chip's status is read
+    removal_s: float = 1.0  # a card missed this long and shown again is a new tap
+    health_check_s: float = 5.0  # while idle, how often the chip is asked who it is
+
+
+@dataclass(frozen=True, slots=True)
+class SafetyConfig:
+    """Interlock thresholds ([safety]; charging/faults.py, docs/interlocks.md)."""
+
+    # telemetry_timeout_s is [hardware]'s; every other limit is [safety]'s.
+    limits: Limits = field(default_factory=Limits)
+    loop_stall_s: float = 5.0  # kiosk loop without progress this long: relays opened
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +157,40 @@ class ControlConfig:
     """The local control socket used by the TUI and the CLI."""
 
     socket: Path
+    # Who may run hardware commands besides root and the daemon's user; None: the
+    # group the daemon runs as. Reading the status only takes access to the socket file.
+    group: str | None = None
+    max_clients: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class FirebaseConfig:
+    """Live state to the Realtime Database, fleet cards from it (docs/cloud.md)."""
+
+    enabled: bool = False
+    # https://<db>.firebaseio.com (or any https URL of the database); with an emulator,
+    # FIREBASE_DATABASE_EMULATOR_HOST set, or http://host:port/?ns=<namespace>.
+    database_url: str = ""
+    credentials_file: Path | None = None  # service-account JSON, mode 0600; none for emulators
+    publish_interval_s: float = 5.0  # at most one write per this for telemetry-only changes
+    cards_poll_interval_s: float = 60.0  # how often the fleet's cards are read
+    request_timeout_s: float = 10.0  # per HTTP request to Firebase
+    finished_hold_s: float = 5.0  # FINISHED stays this long before STANDBY
+    uid_salt: str | None = None  # publish a salted hash of the card instead of ****C3D4
+    cards: bool = True  # merge fleet cards into the local list and the embedded CSMS
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerConfig:
+    """The signed ledger of sessions and where it is uploaded (docs/cloud.md)."""
+
+    enabled: bool = False
+    key_file: Path = Path("var/secrets/ledger.key")  # Ed25519 key, made 0600 at first start
+    rtdb: bool = True  # upload to /ledger/<station key> when [firebase] is enabled
+    endpoint_url: str | None = None  # https URL of the ledger endpoint (optional)
+    endpoint_token_file: Path | None = None  # its bearer token, mode 0600
+    endpoint_ca_file: Path | None = None  # CA bundle for the endpoint's certificate
+    upload_batch: int = 100  # entries per upload request
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +210,10 @@ class Config:
     connectors: tuple[ConnectorConfig, ...] = ()
     # The [ocpp] table: (OCPP key name, value in canonical OCPP string form), file order.
     ocpp: tuple[tuple[str, str], ...] = ()
+    rfid: RfidConfig = field(default_factory=RfidConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    firebase: FirebaseConfig = field(default_factory=FirebaseConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
 
 
 DEFAULT_PATH = Path("config.toml")
@@ -267,13 +360,81 @@ def _check_tls_files(
             )
 
 
+def _optional_watts(r: _Reader, name: str) -> int | None:
+    if name not in r.raw:
+        r.used.add(name)
+        return None
+    value: int = r.number(name, int, 1, 100_000_000, None)
+    return value
+
+
+def _retention(r: _Reader, name: str, default: int) -> int | None:
+    """Days to keep; 0 keeps forever."""
+    days: int = r.number(name, int, 0, 36_500, default)
+    return days or None
+
+
 def _csms(r: _Reader) -> CsmsConfig:
-    return CsmsConfig(
+    prefix = r.text("path_prefix", "/ocpp")
+    try:
+        parse_path_prefix(prefix)
+    except ValueError as err:
+        raise r.fail("path_prefix", str(err)) from err
+    cert, key, client_ca = (
+        r.optional_path(name) for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file")
+    )
+    if (cert is None) != (key is None):
+        missing, present = (
+            ("tls_key_file", "tls_cert_file") if key is None else ("tls_cert_file", "tls_key_file")
+        )
+        raise r.fail(missing, f"is required with {present}: a certificate needs its key")
+    if client_ca is not None and cert is None:
+        raise r.fail(
+            "tls_client_ca_file",
+            "needs tls_cert_file and tls_key_file: client certificates only work over TLS",
+        )
+    for name, path in (
+        ("tls_cert_file", cert),
+        ("tls_key_file", key),
+        ("tls_client_ca_file", client_ca),
+    ):
+        if path is not None:
+            r.existing_file(name, path)
+    if key is not None and (problem := private_key_problem(key)) is not None:
+        raise r.fail("tls_key_file", problem)
+    config = CsmsConfig(
         enabled=r.get("enabled", bool, True),
         host=r.text("host", "127.0.0.1"),
         port=r.number("port", int, 0, 65535, 9000),
         heartbeat_interval=r.number("heartbeat_interval", int, 1, 86400, 300),
+        path_prefix=prefix,
+        tls_cert_file=cert,
+        tls_key_file=key,
+        tls_client_ca_file=client_ca,
+        require_auth=r.get("require_auth", bool, True),
+        allow_plaintext_on_network=r.get("allow_plaintext_on_network", bool, False),
+        max_frame_bytes=r.number("max_frame_bytes", int, 4096, 16 * 1024 * 1024, 64 * 1024),
+        max_sampled_values=r.number("max_sampled_values", int, 1, 100_000, 500),
+        max_calls_per_s=r.number("max_calls_per_s", float, 0.1, 10_000, 25.0),
+        max_bad_frames=r.number("max_bad_frames", int, 1, 100_000, 20),
+        control_socket=r.path_("control_socket", "var/csms.sock"),
+        site_limit_w=_optional_watts(r, "site_limit_w"),
+        min_connector_w=r.number("min_connector_w", int, 0, 1_000_000, 1380),
+        retention_meter_values_days=_retention(r, "retention_meter_values_days", 90),
+        retention_transactions_days=_retention(r, "retention_transactions_days", 730),
+        retention_status_days=_retention(r, "retention_status_days", 14),
     )
+    try:
+        if config.enabled:  # a server that does not run listens nowhere
+            check_listen_policy(
+                config.host,
+                tls=cert is not None,
+                require_auth=config.require_auth,
+                allow_plaintext_on_network=config.allow_plaintext_on_network,
+            )
+    except ListenPolicyError as err:
+        raise ConfigError(str(r.path), err.key, err.reason) from err
+    return config
 
 
 def _hardware(r: _Reader) -> HardwareConfig:
@@ -282,14 +443,105 @@ def _hardware(r: _Reader) -> HardwareConfig:
 
     return HardwareConfig(
         simulate=r.get("simulate", bool, True),
-        serial_port=r.text("serial_port", "/dev/ttyUSB0"),
+        serial_port=r.text("serial_port", "/dev/edgepoint-esp32"),
         serial_baudrate=r.number("serial_baudrate", int, 1200, 4_000_000, 115200),
         relay_pin=pin("relay_pin", 17),
         green_led_pin=pin("green_led_pin", 27),
         red_led_pin=pin("red_led_pin", 22),
         buzzer_pin=pin("buzzer_pin", 23),
         telemetry_timeout_s=r.number("telemetry_timeout_s", float, 0.5, 600, 10.0),
+        relay_active_high=r.get("relay_active_high", bool, True),
+        esp32_watchdog_s=r.number("esp32_watchdog_s", float, 1, 600, 10.0),
     )
+
+
+# GPIOs a PN532 interface takes for its bus (BCM): they cannot drive a relay or LED.
+_BUS_PINS = {"i2c": (2, 3), "spi": (7, 8, 9, 10, 11), "uart": (14, 15)}
+
+
+def _rfid(
+    r: _Reader, hardware: HardwareConfig, connectors: tuple[ConnectorConfig, ...]
+) -> RfidConfig:
+    interface = r.text("interface", "i2c")
+    if interface not in _BUS_PINS:
+        raise r.fail("interface", f"must be i2c, spi or uart, got {interface!r}")
+
+    def optional_pin(name: str) -> int | None:
+        return r.number(name, int, 0, 27, 0) if name in r.raw else None
+
+    config = RfidConfig(
+        interface=interface,
+        spi_cs_pin=r.number("spi_cs_pin", int, 0, 27, 5),
+        uart_port=r.text("uart_port", "/dev/serial0"),
+        uart_baudrate=r.number("uart_baudrate", int, 9600, 1_000_000, 115200),
+        irq_pin=optional_pin("irq_pin"),
+        reset_pin=optional_pin("reset_pin"),
+        req_pin=optional_pin("req_pin"),
+        poll_interval_s=r.number("poll_interval_s", float, 0.01, 1.0, 0.2),
+        removal_s=r.number("removal_s", float, 0.1, 30, 1.0),
+        health_check_s=r.number("health_check_s", float, 1, 3600, 5.0),
+    )
+    if config.req_pin is not None and interface != "i2c":
+        raise r.fail("req_pin", 'only applies to interface = "i2c"')
+    # A held card is read again a poll or two after each look; missing it for
+    # less than that must never look like a removal.
+    if config.removal_s < 3 * config.poll_interval_s:
+        raise r.fail("removal_s", "must be at least 3 times poll_interval_s")
+    taken = {
+        "hardware.green_led_pin": hardware.green_led_pin,
+        "hardware.red_led_pin": hardware.red_led_pin,
+        "hardware.buzzer_pin": hardware.buzzer_pin,
+        **{f"connector {c.id}'s relay_pin": c.relay_pin for c in connectors},
+    }
+    mine = {"irq_pin": config.irq_pin, "reset_pin": config.reset_pin, "req_pin": config.req_pin}
+    if interface == "spi":
+        mine["spi_cs_pin"] = config.spi_cs_pin
+    for name, pin in mine.items():
+        if pin is None:
+            continue
+        if pin in _BUS_PINS[interface]:
+            raise r.fail(name, f"GPIO{pin} belongs to the {interface.upper()} bus")
+        for other, used in [*taken.items(), *((f"rfid.{n}", p) for n, p in mine.items())]:
+            if used == pin and other != f"rfid.{name}":
+                raise r.fail(name, f"GPIO{pin} is {other} too")
+    for other, used in taken.items():
+        if used in _BUS_PINS[interface]:
+            raise ConfigError(
+                str(r.path), "rfid.interface", f"{interface} needs GPIO{used}, which is {other}"
+            )
+    return config
+
+
+def _safety(r: _Reader, telemetry_timeout_s: float) -> SafetyConfig:
+    d = Limits()
+    limits = Limits(
+        max_temperature_c=r.number("max_temperature_c", float, 20, 150, d.max_temperature_c),
+        temperature_hysteresis_c=r.number(
+            "temperature_hysteresis_c", float, 0, 50, d.temperature_hysteresis_c
+        ),
+        max_current_a=r.number("max_current_a", float, 1, 1000, d.max_current_a),
+        current_hysteresis_a=r.number(
+            "current_hysteresis_a", float, 0, 100, d.current_hysteresis_a
+        ),
+        min_voltage_v=r.number("min_voltage_v", float, 0, 1000, d.min_voltage_v),
+        max_voltage_v=r.number("max_voltage_v", float, 1, 1000, d.max_voltage_v),
+        voltage_hysteresis_v=r.number(
+            "voltage_hysteresis_v", float, 0, 100, d.voltage_hysteresis_v
+        ),
+        telemetry_timeout_s=telemetry_timeout_s,
+        relay_feedback_s=r.number("relay_feedback_s", float, 0.1, 60, d.relay_feedback_s),
+        clear_after_s=r.number("clear_after_s", float, 0, 3600, d.clear_after_s),
+    )
+    # A band that a healthy reading cannot reach would never clear.
+    if limits.temperature_hysteresis_c >= limits.max_temperature_c:
+        raise r.fail("temperature_hysteresis_c", "must be below max_temperature_c")
+    if limits.current_hysteresis_a >= limits.max_current_a:
+        raise r.fail("current_hysteresis_a", "must be below max_current_a")
+    if limits.min_voltage_v + 2 * limits.voltage_hysteresis_v >= limits.max_voltage_v:
+        raise r.fail(
+            "max_voltage_v", "must exceed min_voltage_v by more than twice voltage_hysteresis_v"
+        )
+    return SafetyConfig(limits, loop_stall_s=r.number("loop_stall_s", float, 1, 600, 5.0))
 
 
 def _connectors(
@@ -394,9 +646,96 @@ def _unknown_ocpp_key(name: str) -> str:
 
 def _simulation(r: _Reader) -> SimulationConfig:
     return SimulationConfig(
-        charge_power_w=r.number("charge_power_w", float, 0, 400_000, 11_000.0),
+        charge_power_w=r.number("charge_power_w", float, 0, 400_000, 7_360.0),
         telemetry_interval_s=r.number("telemetry_interval_s", float, 0.01, 60, 1.0),
         start_energy_wh=r.number("start_energy_wh", int, 0, 2**40, 100_000),
+    )
+
+
+def _control(r: _Reader) -> ControlConfig:
+    group = r.text("group") if "group" in r.raw else None
+    if group is not None:
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            raise r.fail("group", f"there is no group {group!r} on this system") from None
+    return ControlConfig(
+        socket=r.path_("socket", "var/edgepoint.sock"),
+        group=group,
+        max_clients=r.number("max_clients", int, 1, 1024, 16),
+    )
+
+
+def _private_file(r: _Reader, name: str) -> Path | None:
+    """A secret's file: it must exist and be readable by its owner only."""
+    path = r.optional_path(name)
+    if path is not None:
+        r.existing_file(name, path)
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise r.fail(name, f"{path} is open to group or others (mode {mode:03o}); chmod 600 it")
+    return path
+
+
+def _firebase(r: _Reader) -> FirebaseConfig:
+    from edgepoint.cloud.rtdb import uses_emulator
+
+    enabled = r.get("enabled", bool, False)
+    url = r.text("database_url") if enabled or "database_url" in r.raw else ""
+    if url:
+        parts = urlsplit(url)
+        emulator = parts.scheme == "http" and "ns=" in parts.query
+        if not parts.hostname or not (parts.scheme == "https" or emulator):
+            raise r.fail(
+                "database_url",
+                "must be an https:// URL (or http://host:port/?ns=NAME for an emulator),"
+                f" got {url!r}",
+            )
+    credentials = _private_file(r, "credentials_file")
+    if enabled and credentials is None and not uses_emulator(url):
+        raise r.fail(
+            "credentials_file",
+            "is required (a service-account JSON) unless FIREBASE_DATABASE_EMULATOR_HOST is set",
+        )
+    salt = r.text("uid_salt") if "uid_salt" in r.raw else None
+    return FirebaseConfig(
+        enabled=enabled,
+        database_url=url,
+        credentials_file=credentials,
+        publish_interval_s=r.number("publish_interval_s", float, 0.1, 3600, 5.0),
+        cards_poll_interval_s=r.number("cards_poll_interval_s", float, 1, 86400, 60.0),
+        request_timeout_s=r.number("request_timeout_s", float, 0.5, 120, 10.0),
+        finished_hold_s=r.number("finished_hold_s", float, 0, 600, 5.0),
+        uid_salt=salt,
+        cards=r.get("cards", bool, True),
+    )
+
+
+def _ledger(r: _Reader) -> LedgerConfig:
+    url = r.text("endpoint_url") if "endpoint_url" in r.raw else None
+    token = _private_file(r, "endpoint_token_file")
+    ca_file = r.optional_path("endpoint_ca_file")
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise r.fail("endpoint_url", f"must be an https:// URL, got {url!r}")
+        if token is None:
+            raise r.fail("endpoint_token_file", "is required with endpoint_url (a bearer token)")
+    if ca_file is not None:
+        r.existing_file("endpoint_ca_file", ca_file)
+    key_file = r.path_("key_file", "var/secrets/ledger.key")
+    if key_file.exists() and (mode := stat.S_IMODE(key_file.stat().st_mode)) & 0o077:
+        raise r.fail(
+            "key_file", f"{key_file} is open to group or others (mode {mode:03o}); chmod 600 it"
+        )
+    return LedgerConfig(
+        enabled=r.get("enabled", bool, True),
+        key_file=key_file,
+        rtdb=r.get("rtdb", bool, True),
+        endpoint_url=url,
+        endpoint_token_file=token,
+        endpoint_ca_file=ca_file,
+        upload_batch=r.number("upload_batch", int, 1, 500, 100),
     )
 
 
@@ -424,6 +763,10 @@ def load_config(path: Path = DEFAULT_PATH) -> Config:
         "log",
         "ocpp",
         "connector",
+        "rfid",
+        "safety",
+        "firebase",
+        "ledger",
     }
     for table in data:
         if table not in known:
@@ -456,10 +799,12 @@ def load_config(path: Path = DEFAULT_PATH) -> Config:
         storage=storage,
         hardware=hardware,
         simulation=section("simulation", _simulation),
-        control=section(
-            "control", lambda r: ControlConfig(socket=r.path_("socket", "var/edgepoint.sock"))
-        ),
+        control=section("control", _control),
         log_level=level,
         connectors=connectors,
         ocpp=_ocpp(path, data, len(connectors)),
+        rfid=section("rfid", lambda r: _rfid(r, hardware, connectors)),
+        safety=section("safety", lambda r: _safety(r, hardware.telemetry_timeout_s)),
+        firebase=section("firebase", _firebase),
+        ledger=section("ledger", _ledger),
     )

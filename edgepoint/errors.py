@@ -28,4 +28,12 @@ class ProtocolError(EdgepointError):
 
 
 class ControlError(EdgepointError):
-    """The local control socket could not be reached or answered with an error."""
+    """The local control socket could not be reached or answered with an error.
+
+    `code` is machine-readable (docs/control-api.md): the daemon's error code
+    (`bad_request`, `forbidden`, `unavailable`...) or a client-side one (`not_running`).
+    """
+
+    def __init__(self, message: str, code: str = "failed") -> None:
+        super().__init__(message)
+        self.code = code

@@ -5,6 +5,12 @@ time: card taps and telemetry from the drivers, verdicts of authorizations, and 
 commands the CSMS or a technician sends. So a RemoteStop can never race the tap that
 stops the same session, and each outcome's writes commit in one SQLite transaction
 before the relay closes.
+
+After every item the interlocks (charging/faults.py) judge what the kiosk knows, and
+the faults they raise or clear go to the connectors as events. A failed database write
+is such a fault (the writes are kept and retried in order), never a crash. A watchdog
+task beside the loop opens every relay itself when the loop stops making progress, and
+the loop pings the ESP32's own watchdog only while it turns.
 """
 
 from __future__ import annotations
@@ -12,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -25,6 +31,7 @@ from edgepoint.charging.actions import (
     ConnectorStatus,
     EndSession,
     Feedback,
+    Indication,
     RecordMeterValues,
     ReportStatus,
     RequestAuthorization,
@@ -37,36 +44,54 @@ from edgepoint.charging.events import (
     AuthorizationStatus,
     AvailabilityRequested,
     Event,
+    Fault,
+    FaultCleared,
+    FaultRaised,
     IdTag,
     RemoteStartRequested,
     SessionId,
     SessionInvalidated,
     StopReason,
     StopRequested,
-    TelemetryLost,
     TelemetrySample,
     TokenPresented,
 )
+from edgepoint.charging.faults import (
+    ChargePointReadings,
+    ConnectorReadings,
+    ErrorCode,
+    FaultState,
+    Limits,
+    assess_charge_point,
+    assess_connector,
+    by_severity,
+    error_code,
+)
 from edgepoint.clock import Clock
+from edgepoint.errors import StorageError
 from edgepoint.redact import mask_id_tag
 from edgepoint.storage.chargepoint import Change, ChargePointStore
 
 log = logging.getLogger(__name__)
 
 # The loop handles an item at least this often even with no input, so that its progress
-# (which feeds the systemd watchdog) proves it is not stuck.
+# (which feeds the systemd watchdog and the ESP32's) proves it is not stuck; periodic
+# work (the ESP32 watchdog ping, retrying failed writes) runs at most this often.
 KIOSK_TICK_S = 1.0
+# A loop without progress for this long has its relays opened by the watchdog task.
+LOOP_STALL_S = 5.0
 
-# Which status the shared LEDs show when connectors disagree: the most urgent wins.
-_LED_PRIORITY = (
-    ConnectorStatus.FAULTED,
-    ConnectorStatus.CHARGING,
-    ConnectorStatus.PREPARING,
-    ConnectorStatus.FINISHING,
-    ConnectorStatus.SUSPENDED_EVSE,
-    ConnectorStatus.UNAVAILABLE,
-    ConnectorStatus.AVAILABLE,
-)
+# Writes kept in memory while the database refuses them, at most; past it the oldest
+# that are not billing (statuses, sampled meter values) are dropped, never a session's.
+MAX_UNSAVED = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One step of a transaction, kept as it is so that a failed one can be run again."""
+
+    run: Callable[[Change], Awaitable[None]]
+    billing: bool = False  # a session row, StartTransaction/StopTransaction, availability
 
 
 class PanelPort(Protocol):
@@ -74,8 +99,59 @@ class PanelPort(Protocol):
 
     def set_relay(self, connector_id: int, closed: bool, /) -> None: ...
     def is_relay_closed(self, connector_id: int) -> bool: ...
-    def show(self, status: ConnectorStatus) -> None: ...
-    def signal(self, feedback: Feedback) -> None: ...
+    def show(self, indication: Indication, /) -> None: ...
+    def signal(self, feedback: Feedback, /) -> None: ...
+
+
+class Esp32Port(Protocol):
+    """What the kiosk asks of the ESP32 link besides its telemetry."""
+
+    def ping_watchdog(self) -> None:
+        """Tell the firmware the Pi is alive (it opens the relays when the pings stop).
+        Must not block: queue the command and return."""
+        ...
+
+    def relay_echo(self, channel: int) -> bool | None:
+        """The relay contact of this meter channel as the ESP32 last reported it;
+        None when it does not report one (yet)."""
+        ...
+
+    def report_relay(self, channel: int, closed: bool) -> None:
+        """Tell the firmware what the Pi commands for this channel's relay (an open one
+        also releases a relay its watchdog cut). Must not block."""
+        ...
+
+    def watchdog_tripped(self, channel: int) -> bool:
+        """Whether the firmware's watchdog holds this channel's relay open (latched until
+        the Pi reports its own relay open)."""
+        ...
+
+
+class ReaderHealth(Protocol):
+    """What the kiosk asks of the RFID reader besides its taps."""
+
+    def reader_faulted(self) -> bool:
+        """True while the reader is gone or failing (no taps can be read)."""
+        ...
+
+
+def led_indication(phases: Iterable[Phase], csms_online: bool) -> Indication:
+    """What the shared LEDs show for these connectors: the most urgent wins, and an idle
+    kiosk shows whether the CSMS is reachable."""
+    seen = set(phases)
+    for phase, indication in (
+        # A driver who just tapped looks for a sign of it, whatever the other connectors do.
+        (Phase.AUTHORIZING, Indication.AUTHORIZING),
+        (Phase.FAULTED, Indication.FAULT),
+        (Phase.CHARGING, Indication.CHARGING),
+        (Phase.FINISHING, Indication.FINISHING),
+        (Phase.SUSPENDED, Indication.SUSPENDED),
+    ):
+        if phase in seen:
+            return indication
+    if Phase.AVAILABLE in seen:
+        return Indication.AVAILABLE if csms_online else Indication.OFFLINE
+    return Indication.UNAVAILABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +217,15 @@ Command = (
 
 @dataclass(frozen=True, slots=True)
 class _Tick:
-    """Nothing to do: proves the loop turns."""
+    """Periodic work: judge the timers (telemetry, relay echo), ping the ESP32, retry
+    failed writes; and it proves the loop turns."""
+
+
+@dataclass(frozen=True, slots=True)
+class _LinkChanged:
+    """The CSMS link went online or offline (for the LEDs)."""
+
+    online: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +241,7 @@ class _Confirmed:
 @dataclass(slots=True)
 class _Item:
     connector_id: int | None
-    what: Event | Command | _Confirmed | _Tick
+    what: Event | Command | _Confirmed | _Tick | _LinkChanged
     reply: asyncio.Future[Any] | None = None
 
 
@@ -176,6 +260,8 @@ class ConnectorSnapshot:
     meter_start_wh: int | None
     last_sample: TelemetrySample | None
     telemetry_lost: bool
+    faults: tuple[Fault, ...] = ()  # active, most severe first (the charge point's included)
+    error_code: str = ErrorCode.NO_ERROR.value  # what its StatusNotification says
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +271,12 @@ class KioskSnapshot:
     connectors: tuple[ConnectorSnapshot, ...]
     events_rejected: int
     unrouted_samples: int
+    # Charge-point-wide faults (reader, storage, a stalled loop), most severe first.
+    faults: tuple[Fault, ...] = ()
+    unsaved_writes: int = 0  # transactions' writes kept in memory since storage failed
+    dropped_writes: int = 0  # kept writes dropped over MAX_UNSAVED (never billing)
+    indication: Indication = Indication.AVAILABLE
+    csms_online: bool = True
 
 
 def new_session_id() -> SessionId:
@@ -230,6 +322,11 @@ class Kiosk:
         clock: Clock,
         telemetry_timeout_s: float,
         options: KioskOptions | None = None,
+        *,
+        limits: Limits | None = None,
+        esp32: Esp32Port | None = None,
+        reader: ReaderHealth | None = None,
+        loop_stall_s: float = LOOP_STALL_S,
     ) -> None:
         self._setups = {setup.id: setup for setup in connectors}
         self._by_channel = {setup.meter_channel: setup.id for setup in connectors}
@@ -237,19 +334,37 @@ class Kiosk:
         self._panel = panel
         self._authorizer = authorizer
         self._clock = clock
-        self._telemetry_timeout = telemetry_timeout_s
+        self._limits = replace(limits or Limits(), telemetry_timeout_s=telemetry_timeout_s)
+        self._esp32 = esp32
+        self._reader = reader
+        self._loop_stall_s = loop_stall_s
         self._options = options or KioskOptions()
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._status: dict[int, ConnectorStatus] = {
             cid: setup.connector.status for cid, setup in self._setups.items()
         }
+        self._error_codes: dict[int, str] = dict.fromkeys(self._setups, ErrorCode.NO_ERROR.value)
         self._operative_cp = True  # connector 0: the whole charge point
         now = clock.monotonic()
-        self._last_sample_at = dict.fromkeys(self._setups, now)
-        self._telemetry_lost = dict.fromkeys(self._setups, False)
+        # The interlocks: one judgement per connector, one for the charge point.
+        self._faults = {cid: FaultState.watching_from(now) for cid in self._setups}
+        self._cp_faults = FaultState.watching_from(now)
+        self._relay_commanded = dict.fromkeys(self._setups, (False, now))
+        self._relay_reported: dict[int, bool] = {}  # to the ESP32, by connector
+        self._trips_seen: set[int] = set()  # connectors the ESP32's watchdog cut
+        # Writes of transactions that failed (StorageError), retried in order, first.
+        self._unsaved: list[Write] = []
+        self._dropped = 0
+        self._storage_failed = False
+        self._stall_seen = False  # the watchdog found the loop stuck; not yet judged
+        self._tick_queued = False
+        self._last_periodic = -KIOSK_TICK_S
+        self._csms_online = True
+        self._indication: Indication | None = None
         self._tx_ids: dict[SessionId, int] = dict(self._options.transaction_ids)
         self._rejected = 0
         self._unrouted = 0
+        self._handled = 0  # events given to connectors (watchers hear of idle ticks only then)
         self._watchers: set[Callable[[], None]] = set()
         self._authorizations: set[asyncio.Task[None]] = set()
         self.last_progress = now  # monotonic time the loop last finished an item
@@ -285,6 +400,11 @@ class Kiosk:
         """The CSMS confirmed StopTransaction (called by the outbox sender)."""
         self._queue.put_nowait(_Item(None, _Confirmed(session_id, None, id_tag_info, stop=True)))
 
+    def csms_online(self, online: bool) -> None:
+        """The CSMS link went online or offline: the idle LEDs say which."""
+        self._csms_online = online  # for the very first LEDs, before the loop turns
+        self._queue.put_nowait(_Item(None, _LinkChanged(online)))
+
     def watch(self, notify: Callable[[], None]) -> Callable[[], None]:
         """Call `notify` after every handled item; returns a function that unwatches."""
         self._watchers.add(notify)
@@ -308,22 +428,33 @@ class Kiosk:
                     transaction_id=self._tx_ids.get(session.session_id) if session else None,
                     meter_start_wh=session.meter_start_wh if session else None,
                     last_sample=c.last_sample,
-                    telemetry_lost=self._telemetry_lost[cid],
+                    telemetry_lost=Fault.TELEMETRY_LOST in c.faults,
+                    faults=tuple(by_severity(c.faults)),
+                    error_code=self._error_codes[cid],
                 )
             )
-        return KioskSnapshot(tuple(views), self._rejected, self._unrouted)
+        return KioskSnapshot(
+            tuple(views),
+            self._rejected,
+            self._unrouted,
+            faults=tuple(by_severity(self._cp_faults.active)),
+            unsaved_writes=len(self._unsaved),
+            dropped_writes=self._dropped,
+            indication=self._indication or Indication.AVAILABLE,
+            csms_online=self._csms_online,
+        )
 
     # -- the loop --------------------------------------------------------------------
 
     async def run(self) -> None:
         """Process items one at a time, in arrival order, until cancelled."""
         now = self._clock.utc_now()
-        async with self._store.change() as change:
-            await self._enqueue_status(change, 0, self._cp_status(), now)
+        await self._commit([self._status_write(0, self._cp_status(), self._cp_error_code(), now)])
         for cid in self.connector_ids:
             await self._execute(cid, self.connector(cid).start())
+        self._show()
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._watch_telemetry())
+            tg.create_task(self._watch())
             while True:
                 await self._step(await self._queue.get())
 
@@ -333,29 +464,47 @@ class Kiosk:
             c = self.connector(cid)
             if c.phase in (Phase.CHARGING, Phase.SUSPENDED, Phase.FINISHING):
                 await self._handle(cid, StopRequested(reason, immediate=True))
-            self._panel.set_relay(cid, False)
+            self._set_relay(cid, False)
         for task in self._authorizations:
             task.cancel()
+        if self._unsaved:
+            log.error("exiting with %d writes the database refused: lost", len(self._unsaved))
 
     async def _step(self, item: _Item) -> None:
-        if isinstance(item.what, _Tick):
-            self.last_progress = self._clock.monotonic()
-            return
+        fresh: dict[int, TelemetrySample] = {}
+        handled = self._handled
         try:
-            answer = await self._dispatch(item)
+            answer = await self._dispatch(item, fresh)
+        except StorageError as err:
+            # A failing SD card faults the charge point (relay open), it does not stop it.
+            self._note_storage_failure(err)
+            if item.reply is not None and not item.reply.done():
+                item.reply.set_exception(err)
         except Exception as err:
             if item.reply is not None and not item.reply.done():
                 item.reply.set_exception(err)
             raise  # a failing kiosk loop stops the daemon (relay open): invariant 9
-        if item.reply is not None and not item.reply.done():
-            item.reply.set_result(answer)
+        else:
+            if item.reply is not None and not item.reply.done():
+                item.reply.set_result(answer)
+        await self._judge_faults(fresh)
+        self._show()
         self.last_progress = self._clock.monotonic()
-        # Every handled item changes what a watcher shows (at least the live telemetry).
+        if isinstance(item.what, _Tick) and self._handled == handled:
+            return  # an idle tick changed nothing a watcher shows
+        # Every other item changes what a watcher shows (at least the live telemetry).
         for notify in list(self._watchers):
             notify()
 
-    async def _dispatch(self, item: _Item) -> Any:
+    async def _dispatch(self, item: _Item, fresh: dict[int, TelemetrySample]) -> Any:
         what = item.what
+        if isinstance(what, _Tick):
+            self._tick_queued = False
+            await self._periodic()
+            return None
+        if isinstance(what, _LinkChanged):
+            self._csms_online = what.online
+            return None
         if isinstance(what, _Confirmed):
             await self._confirmed(what)
             return None
@@ -367,16 +516,15 @@ class Kiosk:
             if cid is None:
                 self._unrouted += 1  # a meter channel no connector is wired to
                 return None
-            self._last_sample_at[cid] = self._clock.monotonic()
-            self._telemetry_lost[cid] = False
+            fresh[cid] = what
             return await self._handle(cid, what)
         if isinstance(what, Event):
             assert item.connector_id is not None
             return await self._handle(item.connector_id, what)
-        assert not isinstance(what, _Tick)  # handled in _step
         return await self._command(what)
 
     async def _handle(self, cid: int, event: Event) -> Outcome:
+        self._handled += 1
         outcome = self.connector(cid).handle(event, self._clock.monotonic())
         if not outcome.accepted:
             self._rejected += 1
@@ -391,6 +539,115 @@ class Kiosk:
         free = [c for c in ids if self.connector(c).phase is Phase.AVAILABLE]
         # No free connector: the first one tells the driver why (busy, faulted, unavailable).
         await self._handle((mine or free or [ids[0]])[0], event)
+
+    # -- interlocks --------------------------------------------------------------------
+
+    async def _judge_faults(self, fresh: Mapping[int, TelemetrySample]) -> None:
+        """Let the interlocks judge what is known now; tell each connector what changed."""
+        now = self._clock.monotonic()
+        cp_before = self._cp_faults.active
+        self._cp_faults = assess_charge_point(
+            self._cp_faults,
+            ChargePointReadings(
+                now,
+                reader_failed=self._reader is not None and self._reader.reader_faulted(),
+                storage_failed=self._storage_failed,
+                loop_stalled=self._stall_seen,
+            ),
+            self._limits,
+        )
+        self._stall_seen = False
+        if self._cp_faults.active != cp_before:
+            self._log_changes("charge point", cp_before, self._cp_faults.active)
+            if error_code(cp_before) != error_code(self._cp_faults.active):
+                write = self._status_write(
+                    0, self._cp_status(), self._cp_error_code(), self._clock.utc_now()
+                )
+                await self._commit([write])
+        for cid in self.connector_ids:
+            setup = self._setups[cid]
+            closed, changed_at = self._relay_commanded[cid]
+            before = self._faults[cid].active
+            self._faults[cid] = assess_connector(
+                self._faults[cid],
+                ConnectorReadings(
+                    now,
+                    sample=fresh.get(cid),
+                    relay_closed=closed,
+                    relay_changed_at=changed_at,
+                    relay_echo=self._esp32.relay_echo(setup.meter_channel) if self._esp32 else None,
+                ),
+                self._limits,
+            )
+            self._log_changes(f"connector {cid}", before, self._faults[cid].active)
+            wanted = self._faults[cid].active | self._cp_faults.active
+            held = setup.connector.faults
+            # Raised most severe first, so that the session's reason is the gravest one's.
+            for fault in by_severity(wanted - held):
+                await self._handle(cid, FaultRaised(fault))
+            for fault in by_severity(held - wanted):
+                await self._handle(cid, FaultCleared(fault))
+
+    def _log_changes(self, where: str, before: frozenset[Fault], after: frozenset[Fault]) -> None:
+        for fault in by_severity(after - before):
+            log.error("%s: %s: relay open, no charging until it clears", where, fault)
+        for fault in by_severity(before - after):
+            log.warning("%s: %s cleared", where, fault)
+
+    async def _periodic(self) -> None:
+        now = self._clock.monotonic()
+        if now - self._last_periodic < KIOSK_TICK_S:
+            return
+        self._last_periodic = now
+        if self._esp32 is not None:
+            # Only from here: a loop that stops turning stops the pings, and the
+            # firmware then opens the relays by itself.
+            self._esp32.ping_watchdog()
+            self._release_tripped(self._esp32)
+        if self._storage_failed:
+            await self._commit([])  # the kept writes, or an empty probe transaction
+
+    def _release_tripped(self, esp32: Esp32Port) -> None:
+        """The firmware cut a relay when the pings stopped and holds it open until the Pi
+        says its own relay is open too: say so, once it is (a relay still commanded
+        closed shows as a relay-mismatch fault first, which opens it)."""
+        for cid, setup in self._setups.items():
+            channel = setup.meter_channel
+            if not esp32.watchdog_tripped(channel):
+                self._trips_seen.discard(cid)
+                continue
+            if cid not in self._trips_seen:
+                self._trips_seen.add(cid)
+                log.error("connector %d: the ESP32's watchdog opened its relay", cid)
+            if not self._relay_commanded[cid][0]:
+                esp32.report_relay(channel, False)
+
+    async def _watch(self) -> None:
+        """Beside the loop: ticks for it, and the relays opened when it stops turning."""
+        period = min(0.5, self._limits.telemetry_timeout_s / 4, self._loop_stall_s / 4)
+        stalled = False
+        while True:
+            await asyncio.sleep(period)
+            now = self._clock.monotonic()
+            if now - self.last_progress > self._loop_stall_s:
+                if not stalled:
+                    stalled = True
+                    log.critical(
+                        "the kiosk loop has made no progress for %.1f s: opening every relay",
+                        now - self.last_progress,
+                    )
+                # The loop may hang in a write before a relay closes: every time, and
+                # the stall is judged (a fault) as soon as the loop turns again.
+                self._stall_seen = True
+                for cid in self.connector_ids:
+                    self._set_relay(cid, False)
+            elif stalled:
+                stalled = False
+                log.warning("the kiosk loop turns again")
+            if not self._tick_queued:
+                # One at a time: a stuck loop must not pile up ticks.
+                self._tick_queued = True
+                self._queue.put_nowait(_Item(None, _Tick()))
 
     # -- commands ----------------------------------------------------------------------
 
@@ -422,11 +679,16 @@ class Kiosk:
             case TriggerStatus(connector_id=cid):
                 now = self._clock.utc_now()
                 targets = [0, *self.connector_ids] if cid is None else [cid]
-                async with self._store.change() as change:
-                    for target in targets:
-                        status = self._cp_status() if target == 0 else self._status[target]
-                        await self._enqueue_status(change, target, status, now)
-                self._options.on_outbox()
+                await self._commit(
+                    [
+                        self._status_write(0, self._cp_status(), self._cp_error_code(), now)
+                        if target == 0
+                        else self._status_write(
+                            target, self._status[target], self._error_codes[target], now
+                        )
+                        for target in targets
+                    ]
+                )
                 return True
             case TriggerMeterValues(connector_id=cid):
                 return await self._trigger_meter_values(cid)
@@ -448,16 +710,16 @@ class Kiosk:
         if cid != 0 and cid not in self._setups:
             return "Rejected"
         scheduled = False
-        async with self._store.change() as change:
-            for target in targets:
-                await change.set_availability(target, operative)
-            if cid == 0:
-                await change.set_availability(0, operative)
+        writes = [self._availability_write(target, operative) for target in targets]
+        if cid == 0:
+            writes.append(self._availability_write(0, operative))
+        await self._commit(writes)
         if cid == 0 and self._operative_cp != operative:
             self._operative_cp = operative
             now = self._clock.utc_now()
-            async with self._store.change() as change:
-                await self._enqueue_status(change, 0, self._cp_status(), now)
+            await self._commit(
+                [self._status_write(0, self._cp_status(), self._cp_error_code(), now)]
+            )
         for target in targets:
             outcome = await self._handle(target, AvailabilityRequested(operative))
             scheduled = scheduled or outcome.scheduled
@@ -472,17 +734,17 @@ class Kiosk:
         if any(t not in self._setups for t in targets):
             return False
         now = self._clock.utc_now()
-        async with self._store.change() as change:
-            for target in targets:
-                c = self.connector(target)
-                if c.last_sample is None:
-                    continue
-                payload = messages.meter_values(
-                    target, c.last_sample, now, "Trigger", self._options.meter_measurands()
-                )
-                session = c.session.session_id if c.session else None
-                await change.enqueue("MeterValues", payload, now, new_message_id(), session)
-        self._options.on_outbox()
+        writes: list[Write] = []
+        for target in targets:
+            c = self.connector(target)
+            if c.last_sample is None:
+                continue
+            payload = messages.meter_values(
+                target, c.last_sample, now, "Trigger", self._options.meter_measurands()
+            )
+            session = c.session.session_id if c.session else None
+            writes.append(self._enqueue_write("MeterValues", payload, now, session))
+        await self._commit(writes)
         return True
 
     async def _confirmed(self, confirmed: _Confirmed) -> None:
@@ -518,35 +780,48 @@ class Kiosk:
 
     # -- effects -----------------------------------------------------------------------
 
+    def _set_relay(self, cid: int, closed: bool) -> None:
+        if closed and self._stall_seen:
+            # The loop just came back from a stall in the middle of this very step: the
+            # watchdog opened the relays, and the stall fault is judged right after it.
+            log.error("connector %d: relay stays open after a stalled loop", cid)
+            return
+        self._panel.set_relay(cid, closed)
+        if self._relay_commanded[cid][0] != closed:
+            self._relay_commanded[cid] = (closed, self._clock.monotonic())
+        if self._esp32 is not None and self._relay_reported.get(cid) is not closed:
+            self._relay_reported[cid] = closed
+            self._esp32.report_relay(self._setups[cid].meter_channel, closed)
+
     async def _execute(self, cid: int, actions: tuple[Action, ...]) -> None:
         """Carry out actions in order; the writes of one outcome commit together, before
         the relay closes (durable before energized) and before the outbox is woken."""
         now = self._clock.utc_now()
-        writes: list[Callable[[Change], Awaitable[None]]] = []
+        writes: list[Write] = []
         metered = False
 
-        async def flush() -> None:
-            if not writes:
-                return
-            async with self._store.change() as change:
-                for write in writes:
-                    await write(change)
+        async def flush() -> bool:
+            batch = list(writes)
             writes.clear()
-            self._options.on_outbox()
+            return await self._commit(batch)
 
         for action in actions:
             match action:
                 case SetRelay(closed=True):
-                    await flush()
-                    self._panel.set_relay(cid, True)
+                    if await flush():
+                        self._set_relay(cid, True)
+                    else:
+                        # Not stored, not energized: the storage fault ends the session.
+                        log.error("connector %d: session not stored: relay stays open", cid)
                 case SetRelay(closed=False):
-                    self._panel.set_relay(cid, False)  # safety never waits for the disk
+                    self._set_relay(cid, False)  # safety never waits for the disk
                 case Signal(feedback=feedback):
                     self._panel.signal(feedback)
-                case ReportStatus(status=status, error_code=error_code):
+                case ReportStatus(status=status, error_code=code):
                     self._status[cid] = status
-                    self._panel.show(self._led_status())
-                    writes.append(self._status_write(cid, status, error_code, now))
+                    self._error_codes[cid] = code
+                    self._show()  # the driver sees it now, not after the disk
+                    writes.append(self._status_write(cid, status, code, now))
                 case RequestAuthorization(id_tag=id_tag):
                     task = asyncio.create_task(self._authorize(cid, id_tag))
                     self._authorizations.add(task)
@@ -558,45 +833,117 @@ class Kiosk:
                     metered = True
                 case EndSession():
                     writes.append(self._end_write(action, now))
-        await flush()
-        if metered and self._options.outbox_budget:
+        saved = await flush()
+        if metered and saved and self._options.outbox_budget:
             # Only sampled values grow without bound while offline; over the budget they
             # are thinned (every other one), never Start or Stop.
-            thinned = await self._store.thin_meter_values(self._options.outbox_budget)
-            if thinned:
-                log.warning("outbox over its budget: %d sampled MeterValues thinned", thinned)
+            try:
+                thinned = await self._store.thin_meter_values(self._options.outbox_budget)
+            except StorageError as err:
+                self._note_storage_failure(err)
+            else:
+                if thinned:
+                    log.warning("outbox over its budget: %d sampled MeterValues thinned", thinned)
 
-    def _status_write(
-        self, cid: int, status: ConnectorStatus, error_code: str, now: datetime
-    ) -> Callable[[Change], Awaitable[None]]:
+    async def _commit(self, writes: list[Write]) -> bool:
+        """Run the writes in one transaction, after any kept from failed ones (so the
+        outbox keeps its order). On a StorageError they are all kept for the next try and
+        the charge point is faulted; True when everything is stored."""
+        if not writes and not self._storage_failed:
+            return True
+        batch = [*self._unsaved, *writes]
+        try:
+            async with self._store.change() as change:
+                for write in batch:
+                    await write.run(change)
+        except StorageError as err:
+            self._unsaved = self._bounded(batch)
+            self._note_storage_failure(err)
+            return False
+        if self._storage_failed:
+            log.warning("storage works again: %d kept writes stored", len(self._unsaved))
+        self._unsaved = []
+        self._storage_failed = False
+        if batch:
+            self._options.on_outbox()
+        return True
+
+    def _bounded(self, batch: list[Write]) -> list[Write]:
+        excess = len(batch) - MAX_UNSAVED
+        if excess <= 0:
+            return batch
+        kept: list[Write] = []
+        for write in batch:
+            if excess > 0 and not write.billing:
+                excess -= 1
+                self._dropped += 1
+            else:
+                kept.append(write)
+        log.error("storage still failing: %d kept writes dropped so far", self._dropped)
+        return kept
+
+    def _note_storage_failure(self, err: StorageError) -> None:
+        if not self._storage_failed:
+            log.error("storage failed: %s; charging stops until it works again", err)
+        self._storage_failed = True
+
+    def _show(self) -> None:
+        phases = [self.connector(cid).phase for cid in self.connector_ids]
+        indication = led_indication(phases, self._csms_online)
+        if indication is not self._indication:
+            self._indication = indication
+            self._panel.show(indication)
+
+    def _status_write(self, cid: int, status: ConnectorStatus, code: str, now: datetime) -> Write:
+        payload = messages.status_notification(cid, status, code, now)
+        return self._enqueue_write("StatusNotification", payload, now, None)
+
+    def _enqueue_write(
+        self, action: str, payload: dict[str, Any], now: datetime, session: SessionId | None
+    ) -> Write:
+        # The message id is minted now, so a retried write queues the same message.
+        message_id = new_message_id()
+
         async def write(change: Change) -> None:
-            await self._enqueue_status(change, cid, status, now, error_code)
+            await change.enqueue(action, payload, now, message_id, session)
 
-        return write
+        return Write(write)
+
+    def _availability_write(self, cid: int, operative: bool) -> Write:
+        async def write(change: Change) -> None:
+            await change.set_availability(cid, operative)
+
+        return Write(write, billing=True)
 
     def _begin_write(
         self, cid: int, sid: SessionId, id_tag: IdTag, meter: int, now: datetime
-    ) -> Callable[[Change], Awaitable[None]]:
+    ) -> Write:
+        message_id = new_message_id()
+
         async def write(change: Change) -> None:
             await change.begin_session(sid, cid, id_tag, meter, now)
             start = messages.start_transaction(cid, id_tag, meter, now)
-            await change.enqueue("StartTransaction", start, now, new_message_id(), sid)
+            await change.enqueue("StartTransaction", start, now, message_id, sid)
 
-        return write
+        return Write(write, billing=True)
 
     def _meter_write(
         self, cid: int, sid: SessionId, sample: TelemetrySample, now: datetime
-    ) -> Callable[[Change], Awaitable[None]]:
+    ) -> Write:
+        message_id = new_message_id()
+
         async def write(change: Change) -> None:
             await change.record_reading(sid, sample.energy_wh)
             values = messages.meter_values(
                 cid, sample, now, measurands=self._options.meter_measurands()
             )
-            await change.enqueue("MeterValues", values, now, new_message_id(), sid)
+            await change.enqueue("MeterValues", values, now, message_id, sid)
 
-        return write
+        return Write(write)
 
-    def _end_write(self, end: EndSession, now: datetime) -> Callable[[Change], Awaitable[None]]:
+    def _end_write(self, end: EndSession, now: datetime) -> Write:
+        message_id = new_message_id()
+
         async def write(change: Change) -> None:
             stopped = await change.end_session(
                 end.session_id, end.id_tag, end.meter_stop_wh, end.reason.value, now
@@ -607,27 +954,17 @@ class Kiosk:
                 )
                 return
             stop = messages.stop_transaction(end.id_tag, end.meter_stop_wh, end.reason, now)
-            await change.enqueue("StopTransaction", stop, now, new_message_id(), end.session_id)
+            await change.enqueue("StopTransaction", stop, now, message_id, end.session_id)
 
-        return write
-
-    async def _enqueue_status(
-        self,
-        change: Change,
-        cid: int,
-        status: ConnectorStatus,
-        now: datetime,
-        error_code: str = "NoError",
-    ) -> None:
-        payload = messages.status_notification(cid, status, error_code, now)
-        await change.enqueue("StatusNotification", payload, now, new_message_id())
+        return Write(write, billing=True)
 
     def _cp_status(self) -> ConnectorStatus:
+        if self._cp_faults.active:
+            return ConnectorStatus.FAULTED
         return ConnectorStatus.AVAILABLE if self._operative_cp else ConnectorStatus.UNAVAILABLE
 
-    def _led_status(self) -> ConnectorStatus:
-        shown = set(self._status.values())
-        return next((s for s in _LED_PRIORITY if s in shown), ConnectorStatus.AVAILABLE)
+    def _cp_error_code(self) -> str:
+        return error_code(self._cp_faults.active).value
 
     async def _authorize(self, cid: int, id_tag: IdTag) -> None:
         try:
@@ -640,21 +977,3 @@ class Kiosk:
             log.exception("authorizing a card failed")
             status = AuthorizationStatus.INVALID
         self.publish(AuthorizationResolved(id_tag, status), cid)
-
-    async def _watch_telemetry(self) -> None:
-        # Lost telemetry is a safety condition (invariant 4): the relay must open.
-        period = min(0.5, self._telemetry_timeout / 4)
-        ticked = self._clock.monotonic()
-        while True:
-            await asyncio.sleep(period)
-            now = self._clock.monotonic()
-            if now - ticked >= KIOSK_TICK_S:
-                ticked = now
-                self._queue.put_nowait(_Item(None, _Tick()))
-            for cid, last in self._last_sample_at.items():
-                silent = now - last
-                if silent > self._telemetry_timeout and not self._telemetry_lost[cid]:
-                    self._telemetry_lost[cid] = True
-                    log.error("connector %d: no telemetry for %.1f s: relay open", cid, silent)
-                    # Through the queue, so that events are still handled one at a time.
-                    self.publish(TelemetryLost(), cid)

@@ -49,6 +49,9 @@ dir = "var"
 [simulation]
 charge_power_w = 36000
 telemetry_interval_s = 0.1
+[safety]
+# 36 kW on the single-phase simulated meter is 157 A, over a real kiosk's limit.
+max_current_a = 1000
 [control]
 socket = "var/edgepoint.sock"
 [log]

@@ -39,6 +39,11 @@ def write_config(folder: Path, **overrides: Any) -> Path:
         "hardware": {"simulate": True, "telemetry_timeout_s": 3},
         # 36 kW: the register rises 1 Wh every 0.1 s, so a short test sees real energy.
         "simulation": {"charge_power_w": 36000, "telemetry_interval_s": 0.1},
+        # 36 kW on the single-phase simulated meter is 157 A: above a real kiosk's limit.
+        "safety": {"max_current_a": 1000},
+        # A quick reader: taps are seen within 50 ms, and a card away for 0.2 s (not the
+        # shipped 1 s) taps again, so tests can tap the same card in quick succession.
+        "rfid": {"poll_interval_s": 0.05, "removal_s": 0.2},
         "control": {"socket": "var/edgepoint.sock"},
         "log": {"level": "INFO"},
         "ocpp": {"MeterValueSampleInterval": 1},
@@ -46,7 +51,7 @@ def write_config(folder: Path, **overrides: Any) -> Path:
     values["chargepoint"]["csms_url"] = f"ws://127.0.0.1:{values['csms']['port']}/ocpp"
     for key, value in overrides.items():
         section, name = key.split("__")
-        values[section][name] = value
+        values.setdefault(section, {})[name] = value
     lines = []
     for section, table in values.items():
         lines.append(f"[{section}]")

@@ -13,13 +13,18 @@ from pathlib import Path
 import pytest
 
 from edgepoint.chargepoint.settings import REGISTRY
+from edgepoint.charging.faults import Limits
 from edgepoint.config import (
     ChargePointConfig,
     Config,
     ConnectorConfig,
     ControlConfig,
     CsmsConfig,
+    FirebaseConfig,
     HardwareConfig,
+    LedgerConfig,
+    RfidConfig,
+    SafetyConfig,
     SimulationConfig,
     StationConfig,
     StorageConfig,
@@ -36,8 +41,12 @@ TABLES: dict[str, type] = {
     "csms": CsmsConfig,
     "storage": StorageConfig,
     "hardware": HardwareConfig,
+    "rfid": RfidConfig,
     "simulation": SimulationConfig,
     "control": ControlConfig,
+    "safety": SafetyConfig,
+    "firebase": FirebaseConfig,
+    "ledger": LedgerConfig,
     "connector": ConnectorConfig,  # [[connector]], documented as a commented-out example
 }
 
@@ -69,7 +78,7 @@ def test_repository_config_loads() -> None:
     assert config.storage.dir == REPO_CONFIG.parent / "var"
     assert config.log_level == "INFO"
     assert config.connectors == (ConnectorConfig(id=1, relay_pin=17, meter_channel=1),)
-    assert config.ocpp == (("MeterValueSampleInterval", "10"),)
+    assert config.ocpp == (("MeterValueSampleInterval", "10"), ("LocalPreAuthorize", "true"))
     cp = config.chargepoint
     assert (cp.authorize_timeout_s, cp.outbox_max_messages) == (3.0, 50_000)
     assert (cp.ca_file, cp.client_cert_file, cp.client_key_file) == (None, None, None)
@@ -97,7 +106,10 @@ def documented_keys() -> dict[str, dict[str, int]]:
 def test_every_config_key_is_in_config_toml() -> None:
     keys = documented_keys()
     for table, cls in TABLES.items():
-        assert set(keys.get(table, {})) == {f.name for f in fields(cls)}, table
+        names = {f.name for f in fields(cls)}
+        if cls is SafetyConfig:  # its keys are the pure core's Limits, plus loop_stall_s
+            names = names - {"limits"} | {f.name for f in fields(Limits)} - {"telemetry_timeout_s"}
+        assert set(keys.get(table, {})) == names, table
     assert set(keys["log"]) == {"level"}
     assert keys["ocpp"] and set(keys["ocpp"]) <= {n for n, k in REGISTRY.items() if not k.readonly}
     # Config's own fields are the tables plus the [log] level, [ocpp] and the file path.
@@ -369,6 +381,109 @@ def test_the_moved_sample_interval_says_where_it_went(tmp_path: Path) -> None:
     err = error_for(tmp_path, MINIMAL + "meter_value_sample_interval = 10\n")
     assert err.key == "chargepoint.meter_value_sample_interval"
     assert "MeterValueSampleInterval in [ocpp]" in err.reason
+
+
+# -- [csms]: path, TLS, client certificates and where it may listen -------------------------
+
+
+def csms_table(body: str) -> str:
+    return MINIMAL + "[csms]\n" + body
+
+
+def test_csms_front_door_defaults(tmp_path: Path) -> None:
+    csms = load_config(write(tmp_path, MINIMAL)).csms
+    assert (csms.host, csms.path_prefix, csms.require_auth) == ("127.0.0.1", "/ocpp", True)
+    assert (csms.tls_cert_file, csms.tls_key_file, csms.tls_client_ca_file) == (None, None, None)
+    assert csms.allow_plaintext_on_network is False
+
+
+def test_csms_tls_keys_take_values(tmp_path: Path) -> None:
+    (tmp_path / "csms.crt").write_text("cert")
+    (tmp_path / "chargers-ca.pem").write_text("ca")
+    key = secret(tmp_path, "csms.key", 0o600)
+    text = csms_table(
+        'host = "0.0.0.0"\npath_prefix = "/site/ocpp16"\ntls_cert_file = "csms.crt"\n'
+        'tls_key_file = "csms.key"\ntls_client_ca_file = "chargers-ca.pem"\n'
+    )
+    csms = load_config(write(tmp_path, text)).csms
+    assert csms.path_prefix == "/site/ocpp16"
+    assert (csms.tls_cert_file, csms.tls_key_file, csms.tls_client_ca_file) == (
+        tmp_path / "csms.crt",
+        key,
+        tmp_path / "chargers-ca.pem",
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "reason"),
+    [
+        ('path_prefix = "ocpp"\n', "csms.path_prefix", "must look like /ocpp"),
+        ('path_prefix = "/ocpp/"\n', "csms.path_prefix", "no trailing '/'"),
+        ('path_prefix = ""\n', "csms.path_prefix", "must not be empty"),
+        ('tls_cert_file = "c.crt"\n', "csms.tls_key_file", "is required with tls_cert_file"),
+        ('tls_key_file = "c.key"\n', "csms.tls_cert_file", "is required with tls_key_file"),
+        ('tls_client_ca_file = "ca.pem"\n', "csms.tls_client_ca_file", "needs tls_cert_file"),
+        (
+            'tls_cert_file = "none.crt"\ntls_key_file = "none.key"\n',
+            "csms.tls_cert_file",
+            "does not exist",
+        ),
+        ("require_auth = 'no'\n", "csms.require_auth", "must be bool, got str"),
+        ("allow_plaintext_on_network = 1\n", "csms.allow_plaintext_on_network", "must be bool"),
+    ],
+)
+def test_bad_csms_front_door_keys(tmp_path: Path, body: str, key: str, reason: str) -> None:
+    err = error_for(tmp_path, csms_table(body))
+    assert err.key == key
+    assert reason in err.reason
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o644, 0o604])
+def test_csms_tls_key_open_to_others_is_refused_naming_the_file(tmp_path: Path, mode: int) -> None:
+    (tmp_path / "csms.crt").write_text("cert")
+    key = secret(tmp_path, "csms.key", mode)
+    err = error_for(tmp_path, csms_table('tls_cert_file = "csms.crt"\ntls_key_file = "csms.key"\n'))
+    assert err.key == "csms.tls_key_file"
+    assert err.reason == f"{key} is open to group or others (mode {mode:03o}); chmod 600 it"
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "reason"),
+    [
+        ('host = "0.0.0.0"\n', "csms.host", "TLS is off"),
+        ('host = "::"\n', "csms.host", "allow_plaintext_on_network = true"),
+        ('host = "192.168.4.1"\n', "csms.host", "reachable from the network"),
+        (
+            'host = "0.0.0.0"\nrequire_auth = false\nallow_plaintext_on_network = true\n',
+            "csms.require_auth",
+            "only allowed when csms.host is loopback",
+        ),
+    ],
+)
+def test_csms_listen_policy_errors(tmp_path: Path, body: str, key: str, reason: str) -> None:
+    err = error_for(tmp_path, csms_table(body))
+    assert err.key == key
+    assert reason in err.reason
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        'host = "0.0.0.0"\nallow_plaintext_on_network = true\n',  # knowingly plaintext
+        'host = "::1"\nrequire_auth = false\n',  # loopback: no auth is allowed
+        'host = "localhost"\nrequire_auth = false\n',
+        'enabled = false\nhost = "0.0.0.0"\n',  # a CSMS that does not run listens nowhere
+    ],
+)
+def test_csms_listen_policy_allows(tmp_path: Path, body: str) -> None:
+    load_config(write(tmp_path, csms_table(body)))
+
+
+def test_csms_on_the_network_with_tls_loads(tmp_path: Path) -> None:
+    (tmp_path / "csms.crt").write_text("cert")
+    secret(tmp_path, "csms.key", 0o400)
+    text = csms_table('host = "0.0.0.0"\ntls_cert_file = "csms.crt"\ntls_key_file = "csms.key"\n')
+    assert load_config(write(tmp_path, text)).csms.host == "0.0.0.0"
 
 
 # -- [[connector]] -------------------------------------------------------------------------

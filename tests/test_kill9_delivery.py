@@ -37,6 +37,8 @@ SEED = int(os.environ.get("EDGEPOINT_KILL9_SEED", "99"))
 
 pytestmark = pytest.mark.timeout(60 + 3 * ROUNDS)
 
+# Empty polls in a row that make the card away longer than rfid.removal_s (tests: 0.2 s).
+EMPTY_PROBES = 6
 CARD = "0A1B2C3D"
 BILLING = ("StartTransaction", "StopTransaction")
 # How long a held-back reply waits: long enough for a kill to land inside it.
@@ -215,13 +217,19 @@ class Campaign:
 
     async def card_gone(self) -> None:
         """The last tap was read and the card has left the field: the next tap is new."""
-        read = await daemon_shows(
+        await daemon_shows(
             self.daemon, "tap read", lambda s: s["rfid"]["published"] >= self.published
         )
-        empty = read["rfid"]["polls"] - read["rfid"]["reads"]
-        await daemon_shows(
-            self.daemon, "card gone", lambda s: s["rfid"]["polls"] - s["rfid"]["reads"] > empty
-        )
+        last: dict[str, int] = {}
+
+        def away(status: dict[str, Any]) -> bool:
+            # Polls of an empty field in a row, longer than the test config's removal_s.
+            rfid = status["rfid"]
+            if rfid["reads"] != last.get("reads"):
+                last.update(reads=rfid["reads"], probes=rfid["probes"])
+            return bool(rfid["probes"] - last["probes"] >= EMPTY_PROBES)
+
+        await daemon_shows(self.daemon, "card gone", away)
 
     def session_committed(self, state: str) -> Callable[[], bool]:
         before = query(self.db, "SELECT COUNT(*) FROM sessions WHERE state = ?", state)[0][0]

@@ -1,4 +1,5 @@
-"""The ESP32 goes silent while charging: relay open, session ended (Other), Faulted; then back."""
+"""The ESP32 goes silent while charging: relay open, session ended (Other), Faulted
+(PowerMeterFailure); then back once frames have flowed for the clear time (hysteresis)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from edgepoint.charging.actions import ConnectorStatus
 from edgepoint.charging.authorization import TagEntry
 from edgepoint.charging.connector import Connector, Phase
 from edgepoint.charging.events import AuthorizationStatus, IdTag, TokenPresented
+from edgepoint.charging.faults import Limits
 from edgepoint.clock import SystemClock
 from edgepoint.config import HardwareConfig
 from edgepoint.drivers.panel import Panel
@@ -32,6 +34,9 @@ pytestmark = pytest.mark.timeout(20)
 
 CARD = IdTag("04A1B2C3")
 TIMEOUT_S = 0.5
+CLEAR_AFTER_S = 0.5
+# 36 kW on the single-phase simulated meter is 157 A: allowed here, this is about silence.
+LIMITS = Limits(max_current_a=1000, clear_after_s=CLEAR_AFTER_S)
 HARDWARE = HardwareConfig(
     simulate=True,
     serial_port="unused",
@@ -75,6 +80,15 @@ class Rig:
 
     store_path: Path = Path()
 
+    def last_status(self) -> str:
+        """The status of connector 1 last queued (committed) for the CSMS."""
+        rows = query(
+            self.store_path,
+            "SELECT payload FROM outbox WHERE action = 'StatusNotification' ORDER BY seq",
+        )
+        found = [json.loads(payload) for (payload,) in rows]
+        return [p["status"] for p in found if p["connectorId"] == 1][-1]
+
 
 async def eventually(what: str, check: Callable[[], bool], within: float = 5) -> float:
     """Wait until `check()`; return how long it took."""
@@ -102,6 +116,7 @@ async def rig_fixture(tmp_path: Path) -> AsyncIterator[Rig]:
         authorizer,
         clock,
         telemetry_timeout_s=TIMEOUT_S,
+        limits=LIMITS,
     )
     master_fd, slave_path = open_pty()
     # 36 kW and a frame every 50 ms: the register rises about half a Wh per frame.
@@ -164,12 +179,15 @@ async def test_silent_esp32_opens_the_relay_ends_the_session_and_faults(rig: Rig
         "faulted", lambda: kiosk.snapshot().connectors[0].status is ConnectorStatus.FAULTED
     )
     took = loop.time() - silent_since
+    # Its writes commit right after: the session's end and the Faulted status, together.
+    await eventually("Faulted stored", lambda: rig.last_status() == "Faulted")
     # The watchdog polls every timeout/4 (capped at 0.5 s), so it fires within that of it.
     assert TIMEOUT_S * 0.8 <= took <= TIMEOUT_S + 0.5
     assert rig.panel.is_relay_closed(1) is False
     snapshot = kiosk.snapshot().connectors[0]
     assert snapshot.telemetry_lost and snapshot.status is ConnectorStatus.FAULTED
-    assert (await rig.statuses())[-1] == ("Faulted", "OtherError")
+    assert (await rig.statuses())[-1] == ("Faulted", "PowerMeterFailure")
+    assert snapshot.faults == ("telemetry-lost",)
 
     row = await rig.store.session(session.session_id)
     assert row is not None
@@ -190,7 +208,11 @@ async def test_silent_esp32_opens_the_relay_ends_the_session_and_faults(rig: Rig
     assert kiosk.connector(1).phase is Phase.FAULTED and rig.panel.is_relay_closed(1) is False
 
     rig.esp32.resume()  # plugged back in
+    back = loop.time()
     await eventually("available again", lambda: kiosk.connector(1).phase is Phase.AVAILABLE)
+    await eventually("Available stored", lambda: rig.last_status() == "Available")
+    # Not at the first frame: only once frames have flowed for the clear time.
+    assert loop.time() - back >= CLEAR_AFTER_S
     assert (await rig.statuses())[-1] == ("Available", "NoError")
     assert kiosk.snapshot().connectors[0].telemetry_lost is False
     assert rig.panel.is_relay_closed(1) is False
@@ -217,10 +239,12 @@ async def test_silent_esp32_while_idle_faults_without_a_session(rig: Rig) -> Non
     await eventually(
         "faulted", lambda: kiosk.snapshot().connectors[0].status is ConnectorStatus.FAULTED
     )
+    await eventually("Faulted stored", lambda: rig.last_status() == "Faulted")
     assert rig.panel.is_relay_closed(1) is False
-    assert (await rig.statuses())[-1] == ("Faulted", "OtherError")
+    assert (await rig.statuses())[-1] == ("Faulted", "PowerMeterFailure")
     assert query(rig.store_path, "SELECT COUNT(*) FROM sessions") == [(0,)]
     rig.esp32.resume()
     await eventually("available again", lambda: kiosk.connector(1).phase is Phase.AVAILABLE)
+    await eventually("Available stored", lambda: rig.last_status() == "Available")
     kiosk.publish(TokenPresented(CARD))
     await eventually("charging after recovery", lambda: rig.panel.is_relay_closed(1))

@@ -119,4 +119,3 @@ class Authorizer:
     def _verdict(self, id_tag: IdTag, status: AuthorizationStatus, source: Source) -> Verdict:
         log.info("card %s: %s (%s)", mask_id_tag(id_tag), status, source)
         return Verdict(status, source)
-

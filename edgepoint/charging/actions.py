@@ -32,6 +32,20 @@ class Feedback(StrEnum):
     FAULT = "fault"
 
 
+class Indication(StrEnum):
+    """What the status LEDs show: the kiosk's state as a driver reads it from a distance."""
+
+    AVAILABLE = "available"
+    OFFLINE = "offline"  # available, but the CSMS is out of reach: only known cards charge
+    AUTHORIZING = "authorizing"  # a card is being decided
+    CHARGING = "charging"
+    SUSPENDED = "suspended"  # session open, energy withheld
+    FINISHING = "finishing"
+    UNAVAILABLE = "unavailable"  # out of service (ChangeAvailability Inoperative)
+    REFUSED = "refused"  # a card was refused: shown for a moment, then the state again
+    FAULT = "fault"
+
+
 @dataclass(frozen=True, slots=True)
 class RequestAuthorization:
     """Decide whether this card may charge: local list, cache, CSMS and offline rules."""

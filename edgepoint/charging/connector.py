@@ -23,16 +23,19 @@ from edgepoint.charging.events import (
     AuthorizationStatus,
     AvailabilityRequested,
     Event,
+    Fault,
+    FaultCleared,
+    FaultRaised,
     IdTag,
     RemoteStartRequested,
     SessionId,
     SessionInvalidated,
     StopReason,
     StopRequested,
-    TelemetryLost,
     TelemetrySample,
     TokenPresented,
 )
+from edgepoint.charging.faults import RULES, error_code
 
 
 class Phase(StrEnum):
@@ -43,7 +46,7 @@ class Phase(StrEnum):
     CHARGING = "Charging"
     SUSPENDED = "Suspended"  # session open, energy withheld (card invalidated by the CSMS)
     FINISHING = "Finishing"  # relay open, waiting for the final meter reading
-    FAULTED = "Faulted"
+    FAULTED = "Faulted"  # exactly while at least one fault is active (`Connector.faults`)
     UNAVAILABLE = "Unavailable"  # Inoperative by ChangeAvailability
 
 
@@ -109,6 +112,8 @@ class Connector:
         self.session: ActiveSession | None = None
         self.pending_tag: IdTag | None = None
         self.last_sample: TelemetrySample | None = None
+        # Active interlocks (this connector's and the charge point's): FAULTED iff any.
+        self.faults: frozenset[Fault] = frozenset()
         self._last_meter_values_at = 0.0
         self._pending_stop: _PendingStop | None = None
         self._invalidation: _Invalidation | None = None
@@ -282,7 +287,7 @@ class Connector:
             return _rejected("already finishing")
         return self._finish()
 
-    def _finish(self, faulted: bool = False) -> Outcome:
+    def _finish(self) -> Outcome:
         assert self.session is not None and self._pending_stop is not None
         meter_stop = self.last_sample.energy_wh if self.last_sample else self.session.meter_start_wh
         # A register that went backwards (meter swapped, firmware reset) must neither make
@@ -297,37 +302,69 @@ class Connector:
         self.session = None
         self._pending_stop = None
         self._invalidation = None
-        if faulted:
+        if self.faults:
             self.phase = Phase.FAULTED
-            return Outcome(True, (end, ReportStatus(ConnectorStatus.FAULTED, "OtherError")))
+            return Outcome(True, (end, ReportStatus(ConnectorStatus.FAULTED, self.error_code)))
         # A ChangeAvailability that waited for the session takes effect now.
         self.phase = Phase.AVAILABLE if self.operative else Phase.UNAVAILABLE
         return Outcome(True, (end, ReportStatus(self.idle_status)))
 
-    def _lost(self, event: Event, now: float) -> Outcome:
-        # Lost telemetry means we cannot see what flows: open the relay, close any
-        # session with the last reading we trust, and refuse new sessions.
+    @property
+    def error_code(self) -> str:
+        """The OCPP errorCode this connector reports: its most severe fault's, or NoError."""
+        return error_code(self.faults).value
+
+    def _fault(self, event: Event, now: float) -> Outcome:
+        # Whatever was going on, the relay opens first; a session ends at once with the
+        # last reading (the relay is open, nothing more flows), a card being decided is
+        # forgotten, and no session starts until every fault has cleared.
+        assert isinstance(event, FaultRaised)
+        if event.fault in self.faults:
+            return _rejected(f"{event.fault} is already raised")
+        self.faults = self.faults | {event.fault}
         actions: list[Action] = [SetRelay(closed=False)]
         if self.session is not None:
             if self._pending_stop is None:
-                self._pending_stop = _PendingStop(None, StopReason.OTHER)
-            actions.extend(self._finish(faulted=True).actions)
+                self._pending_stop = _PendingStop(None, RULES[event.fault].stop_reason)
+            actions.extend(self._finish().actions)
         else:
             self.pending_tag = None
             self.phase = Phase.FAULTED
-            actions.append(ReportStatus(ConnectorStatus.FAULTED, "OtherError"))
+            actions.append(ReportStatus(ConnectorStatus.FAULTED, self.error_code))
         actions.append(Signal(Feedback.FAULT))
-        return Outcome(True, tuple(actions))
+        return Outcome(True, tuple(actions), str(event.fault))
+
+    def _another_fault(self, event: Event, now: float) -> Outcome:
+        # Already faulted (relay open, no session): tell the CSMS only when the fault it
+        # sees, the most severe one, changes.
+        assert isinstance(event, FaultRaised)
+        if event.fault in self.faults:
+            return _rejected(f"{event.fault} is already raised")
+        shown = self.error_code
+        self.faults = self.faults | {event.fault}
+        if self.error_code == shown:
+            return Outcome(True, reason=str(event.fault))
+        return Outcome(
+            True, (ReportStatus(ConnectorStatus.FAULTED, self.error_code),), str(event.fault)
+        )
+
+    def _fault_cleared(self, event: Event, now: float) -> Outcome:
+        assert isinstance(event, FaultCleared)
+        if event.fault not in self.faults:
+            return _rejected(f"{event.fault} is not raised")
+        shown = self.error_code
+        self.faults = self.faults - {event.fault}
+        if self.faults:
+            if self.error_code == shown:
+                return Outcome(True, reason=f"{event.fault} cleared")
+            return Outcome(True, (ReportStatus(ConnectorStatus.FAULTED, self.error_code),))
+        # The last one: a ChangeAvailability received while faulted takes effect now.
+        self.phase = Phase.AVAILABLE if self.operative else Phase.UNAVAILABLE
+        return Outcome(True, (ReportStatus(self.idle_status),), f"{event.fault} cleared")
 
     def _card_refused(self, event: Event, now: float) -> Outcome:
         feedback = Feedback.FAULT if self.phase is Phase.FAULTED else Feedback.REJECTED
         return Outcome(False, (Signal(feedback),), f"connector {self.phase}")
-
-    def _recovered(self, event: Event, now: float) -> Outcome:
-        assert isinstance(event, TelemetrySample)
-        self.last_sample = event
-        self.phase = Phase.AVAILABLE if self.operative else Phase.UNAVAILABLE
-        return Outcome(True, (ReportStatus(self.idle_status),))
 
     def _cancel_authorization(self, event: Event, now: float) -> Outcome:
         # Reset or shutdown while a card is being decided: forget it; a late verdict
@@ -363,35 +400,39 @@ _TABLE: dict[tuple[Phase, type], _Handler] = {
     (Phase.AVAILABLE, TokenPresented): Connector._card_when_available,
     (Phase.AVAILABLE, RemoteStartRequested): Connector._remote_start,
     (Phase.AVAILABLE, TelemetrySample): Connector._track,
-    (Phase.AVAILABLE, TelemetryLost): Connector._lost,
+    (Phase.AVAILABLE, FaultRaised): Connector._fault,
     (Phase.AVAILABLE, AvailabilityRequested): Connector._availability,
     (Phase.AUTHORIZING, AuthorizationResolved): Connector._verdict,
     (Phase.AUTHORIZING, TokenPresented): Connector._card_while_busy,
     (Phase.AUTHORIZING, TelemetrySample): Connector._track,
-    (Phase.AUTHORIZING, TelemetryLost): Connector._lost,
+    (Phase.AUTHORIZING, FaultRaised): Connector._fault,
     (Phase.AUTHORIZING, StopRequested): Connector._cancel_authorization,
     (Phase.AUTHORIZING, AvailabilityRequested): Connector._availability,
     (Phase.CHARGING, TokenPresented): Connector._card_in_session,
     (Phase.CHARGING, TelemetrySample): Connector._sample_in_session,
-    (Phase.CHARGING, TelemetryLost): Connector._lost,
+    (Phase.CHARGING, FaultRaised): Connector._fault,
     (Phase.CHARGING, StopRequested): Connector._stop_in_session,
     (Phase.CHARGING, SessionInvalidated): Connector._invalidated,
     (Phase.CHARGING, AvailabilityRequested): Connector._availability,
     (Phase.SUSPENDED, TokenPresented): Connector._card_in_session,
     (Phase.SUSPENDED, TelemetrySample): Connector._sample_in_session,
-    (Phase.SUSPENDED, TelemetryLost): Connector._lost,
+    (Phase.SUSPENDED, FaultRaised): Connector._fault,
     (Phase.SUSPENDED, StopRequested): Connector._stop_in_session,
     (Phase.SUSPENDED, AvailabilityRequested): Connector._availability,
     (Phase.FINISHING, TelemetrySample): Connector._sample_while_finishing,
     (Phase.FINISHING, TokenPresented): Connector._card_while_busy,
-    (Phase.FINISHING, TelemetryLost): Connector._lost,
+    (Phase.FINISHING, FaultRaised): Connector._fault,
     (Phase.FINISHING, StopRequested): Connector._stop_while_finishing,
     (Phase.FINISHING, AvailabilityRequested): Connector._availability,
-    (Phase.FAULTED, TelemetrySample): Connector._recovered,
+    # Faulted until the last fault clears: samples are only watched (the interlocks
+    # judge them), cards refused, and a second fault only changes the errorCode.
+    (Phase.FAULTED, TelemetrySample): Connector._track,
     (Phase.FAULTED, TokenPresented): Connector._card_refused,
     (Phase.FAULTED, AvailabilityRequested): Connector._availability,
+    (Phase.FAULTED, FaultRaised): Connector._another_fault,
+    (Phase.FAULTED, FaultCleared): Connector._fault_cleared,
     (Phase.UNAVAILABLE, TelemetrySample): Connector._track,
-    (Phase.UNAVAILABLE, TelemetryLost): Connector._lost,
+    (Phase.UNAVAILABLE, FaultRaised): Connector._fault,
     (Phase.UNAVAILABLE, TokenPresented): Connector._card_refused,
     (Phase.UNAVAILABLE, AvailabilityRequested): Connector._availability,
 }

@@ -52,9 +52,35 @@ class AuthorizationResolved:
     status: AuthorizationStatus
 
 
+class Fault(StrEnum):
+    """A condition that forbids energising a connector. Declared most severe first: when
+    several are active, the first one names the errorCode the CSMS sees."""
+
+    OVER_CURRENT = "over-current"
+    RELAY_MISMATCH = "relay-mismatch"  # the contact is not where it was commanded (welded?)
+    OVER_TEMPERATURE = "over-temperature"
+    OVER_VOLTAGE = "over-voltage"
+    UNDER_VOLTAGE = "under-voltage"
+    TELEMETRY_LOST = "telemetry-lost"
+    REGISTER_BACKWARDS = "register-backwards"
+    READER_FAILED = "reader-failed"  # charge-point-wide
+    STORAGE_FAILED = "storage-failed"  # charge-point-wide
+    LOOP_STALLED = "loop-stalled"  # charge-point-wide
+
+
 @dataclass(frozen=True, slots=True)
-class TelemetryLost:
-    """No valid telemetry frame arrived within the configured timeout."""
+class FaultRaised:
+    """An interlock tripped (charging/faults.py decides when): open the relay, end the
+    session, report Faulted."""
+
+    fault: Fault
+
+
+@dataclass(frozen=True, slots=True)
+class FaultCleared:
+    """An interlock's condition has been healthy long enough (hysteresis) to clear it."""
+
+    fault: Fault
 
 
 class StopReason(StrEnum):
@@ -111,7 +137,8 @@ Event = (
     TokenPresented
     | TelemetrySample
     | AuthorizationResolved
-    | TelemetryLost
+    | FaultRaised
+    | FaultCleared
     | StopRequested
     | RemoteStartRequested
     | AvailabilityRequested

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import hashlib
 import hmac
+import math
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,12 @@ from edgepoint.csms.ids import (
     parse_charge_point_id,
     parse_id_tag,
 )
+from edgepoint.csms.pending import PendingCharger
 from edgepoint.csms.records import (
+    Anomaly,
+    AnomalyKind,
+    AnomalyReason,
+    AnomalyRecord,
     AuthorizationStatus,
     Card,
     CardExistsError,
@@ -38,12 +47,27 @@ from edgepoint.csms.records import (
 )
 from edgepoint.csms.schema import MIGRATIONS
 from edgepoint.errors import StorageError
+from edgepoint.redact import printable
 from edgepoint.storage.worker import SqliteWorker
 
 # Auth keys are random machine secrets of 16+ characters, so stretching matters less
 # than for passwords; 100k rounds take ~60 ms on x86 and a few hundred ms on a Pi 4.
 DEFAULT_AUTH_ITERATIONS = 100_000
 _SALT_BYTES = 16
+# OCPP 1.6 has no connector count in BootNotification: until the operator sets one per
+# charge point, connector ids 1..10 are accepted (0, the whole charge point, in
+# StatusNotification and main-meter MeterValues).
+DEFAULT_CONNECTOR_COUNT = 10
+# The anomalies table keeps this many rows per charge point (newest), so a charger that
+# misbehaves for months costs a bounded amount of disk.
+MAX_ANOMALIES_PER_CHARGE_POINT = 200
+_MAX_DETAIL = 200
+# A parent's parent is followed this far (and never round a cycle).
+_MAX_PARENT_DEPTH = 8
+# Unknown ids kept for `chargers pending` (the least recently seen dropped first), so a
+# scanner trying random ids costs a bounded table.
+MAX_PENDING_CHARGE_POINTS = 1000
+ENERGY_REGISTER = "Energy.Active.Import.Register"
 
 
 def _to_text(moment: datetime) -> str:
@@ -70,6 +94,60 @@ def _hash_key(key: str, salt: bytes, iterations: int) -> bytes:
     return hashlib.pbkdf2_hmac("sha256", key.encode("utf-8"), salt, iterations)
 
 
+def _new_hash(key: str, iterations: int) -> tuple[bytes, bytes]:
+    salt = os.urandom(_SALT_BYTES)
+    return salt, _hash_key(key, salt, iterations)
+
+
+class _KeyWrite(enum.Enum):
+    """Which charge points a key write may touch."""
+
+    ANY = "any"  # register or re-key (a removed one is registered again)
+    NEW = "new"  # only one not registered (or removed)
+    EXISTING = "existing"  # only one registered now
+
+
+def _write_key(
+    db: sqlite3.Connection,
+    cp_id: ChargePointId,
+    hashed: tuple[bytes, bytes],
+    iterations: int,
+    now: str,
+    mode: _KeyWrite,
+) -> bool:
+    """Store a key hash (bumping key_version) if `mode` allows; the id stops being pending."""
+    row = _fetch_one(db, "SELECT removed_at FROM charge_points WHERE id = ?", (cp_id,))
+    registered = row is not None and row["removed_at"] is None
+    if (mode is _KeyWrite.NEW and registered) or (mode is _KeyWrite.EXISTING and not registered):
+        return False
+    salt, digest = hashed
+    if row is None:
+        db.execute(
+            """
+            INSERT INTO charge_points
+                (id, auth_salt, auth_hash, auth_iterations, registered_at, key_version)
+            VALUES (?, ?, ?, ?, ?, 1)
+            """,
+            (cp_id, salt, digest, iterations, now),
+        )
+    else:
+        # The row of a removed charger is kept (its transactions refer to it), so its
+        # key_version keeps counting up: a key cached before the removal never matches.
+        db.execute(
+            """
+            UPDATE charge_points
+            SET auth_salt = ?, auth_hash = ?, auth_iterations = ?,
+                key_version = key_version + 1,
+                registered_at = CASE WHEN removed_at IS NULL THEN registered_at ELSE ? END,
+                removed_at = NULL
+            WHERE id = ?
+            """,
+            (salt, digest, iterations, now, cp_id),
+        )
+    db.execute("DELETE FROM pending_charge_points WHERE id = ?", (cp_id,))
+    return True
+
+
 class ChargePointRepository:
     """Charge points: registration with a hashed Basic-auth key, boot and heartbeat info."""
 
@@ -81,29 +159,111 @@ class ChargePointRepository:
         self._iterations = iterations
 
     async def set_auth_key(self, charge_point_id: str, key: str) -> None:
-        """Register the charge point if new and (re)set its key; only a salted hash is kept."""
+        """Register the charge point if new and (re)set its key; only a salted hash is kept.
+
+        Every key change bumps the charge point's key_version and takes the id off the
+        pending list.
+        """
+        await self._store_key(charge_point_id, key, _KeyWrite.ANY)
+
+    async def add(self, charge_point_id: str, key: str) -> bool:
+        """Register a charge point that is not registered (or was removed); False if it is."""
+        return await self._store_key(charge_point_id, key, _KeyWrite.NEW)
+
+    async def rekey(self, charge_point_id: str, key: str) -> bool:
+        """Replace a registered charge point's key; False if it is not registered."""
+        return await self._store_key(charge_point_id, key, _KeyWrite.EXISTING)
+
+    async def _store_key(self, charge_point_id: str, key: str, mode: _KeyWrite) -> bool:
         cp_id = parse_charge_point_id(charge_point_id)
         check_auth_key(key)
-        salt = os.urandom(_SALT_BYTES)
         # PBKDF2 is CPU-bound on purpose; keep it off the event loop.
-        digest = await asyncio.to_thread(_hash_key, key, salt, self._iterations)
-        row = (cp_id, salt, digest, self._iterations, _to_text(self._clock.utc_now()))
+        hashed = await asyncio.to_thread(_new_hash, key, self._iterations)
+        now = _to_text(self._clock.utc_now())
+        iterations = self._iterations
+        stored: bool = await self._db.write(
+            lambda db: _write_key(db, cp_id, hashed, iterations, now, mode)
+        )
+        return stored
 
-        def write(db: sqlite3.Connection) -> None:
-            db.execute(
-                """
-                INSERT INTO charge_points
-                    (id, auth_salt, auth_hash, auth_iterations, registered_at)
-                VALUES (?, ?, ?, ?, ?)
-                ON CONFLICT (id) DO UPDATE SET
-                    auth_salt = excluded.auth_salt,
-                    auth_hash = excluded.auth_hash,
-                    auth_iterations = excluded.auth_iterations
-                """,
-                row,
+    async def register_many(
+        self,
+        entries: Sequence[tuple[str, str]],
+        *,
+        replace: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+        workers: int | None = None,
+    ) -> int:
+        """Register many (id, key) pairs in one database transaction: all or none.
+
+        Ids and keys are checked first (InvalidIdentifierError), then the keys are hashed
+        on `workers` threads (default: one per CPU), calling `progress(done, total)` as
+        they finish. Without `replace`, ids already registered raise CsmsError naming
+        them and nothing is written; with it their keys are replaced.
+        """
+        checked = []
+        for charge_point_id, key in entries:
+            cp_id = parse_charge_point_id(charge_point_id)
+            check_auth_key(key)
+            checked.append((cp_id, key))
+        ids = [cp_id for cp_id, _ in checked]
+        if len(set(ids)) != len(ids):
+            raise CsmsError("the same charge point id appears more than once")
+        loop = asyncio.get_running_loop()
+        iterations = self._iterations
+        # hashlib's PBKDF2 releases the GIL: these threads use every core.
+        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:
+            hashing = [loop.run_in_executor(pool, _new_hash, key, iterations) for _, key in checked]
+            for done, finished in enumerate(asyncio.as_completed(hashing), start=1):
+                await finished
+                if progress is not None:
+                    progress(done, len(hashing))
+        hashes = [future.result() for future in hashing]
+        now = _to_text(self._clock.utc_now())
+
+        def write(db: sqlite3.Connection) -> int:
+            if not replace:
+                taken = [
+                    cp_id
+                    for cp_id in ids
+                    if _fetch_one(
+                        db,
+                        "SELECT 1 FROM charge_points WHERE id = ? AND removed_at IS NULL",
+                        (cp_id,),
+                    )
+                    is not None
+                ]
+                if taken:
+                    shown = ", ".join(taken[:10]) + (" ..." if len(taken) > 10 else "")
+                    raise CsmsError(f"already registered: {shown}")
+            for cp_id, hashed in zip(ids, hashes, strict=True):
+                _write_key(db, cp_id, hashed, iterations, now, _KeyWrite.ANY)
+            return len(ids)
+
+        registered: int = await self._db.write(write)
+        return registered
+
+    async def remove(self, charge_point_id: str) -> bool:
+        """Remove a charge point: its key goes, its history stays; False if not registered.
+
+        It is unknown from then on (refused, recorded as pending when it tries again);
+        registering the id again gives it a new key and a higher key_version.
+        """
+        now = _to_text(self._clock.utc_now())
+        removed: int = await self._db.write(
+            lambda db: (
+                db.execute(
+                    """
+                    UPDATE charge_points
+                    SET auth_salt = NULL, auth_hash = NULL, auth_iterations = NULL,
+                        key_version = key_version + 1, removed_at = ?
+                    WHERE id = ? AND removed_at IS NULL
+                    """,
+                    (now, charge_point_id),
+                ).rowcount
             )
-
-        await self._db.write(write)
+        )
+        return removed > 0
 
     async def verify_auth_key(self, charge_point_id: str, key: str) -> bool:
         """Tell whether `key` is the registered key of the charge point (False if unknown)."""
@@ -155,11 +315,71 @@ class ChargePointRepository:
             )
         )
 
+    async def record_seen(self, charge_point_id: ChargePointId, at: datetime) -> int:
+        """Store that the charge point was heard from at `at` (booted or not); return how
+        many connectors it may use (its connector_count, else DEFAULT_CONNECTOR_COUNT)."""
+        values = (_to_text(at), charge_point_id)
+
+        def write(db: sqlite3.Connection) -> int:
+            # fetchall: a RETURNING statement left unfinished would hold the savepoint open.
+            rows = _fetch_all(
+                db,
+                "UPDATE charge_points SET last_seen_at = ? WHERE id = ? RETURNING connector_count",
+                values,
+            )
+            if not rows or rows[0]["connector_count"] is None:
+                return DEFAULT_CONNECTOR_COUNT
+            return int(rows[0]["connector_count"])
+
+        return await self._db.write(write)
+
+    async def set_connector_count(self, charge_point_id: str, count: int | None) -> bool:
+        """Set how many connectors (ids 1..count) a charge point has; None restores the
+        default. Connected charge points see the change within a minute. False if unknown."""
+        if count is not None and not 1 <= count <= 1000:
+            raise CsmsError("a charge point has 1 to 1000 connectors")
+        changed: int = await self._db.write(
+            lambda db: (
+                db.execute(
+                    "UPDATE charge_points SET connector_count = ? WHERE id = ?",
+                    (count, charge_point_id),
+                ).rowcount
+            )
+        )
+        return changed > 0
+
+    async def record_firmware_status(
+        self, charge_point_id: ChargePointId, status: str, at: datetime
+    ) -> None:
+        """Store the latest FirmwareStatusNotification."""
+        values = (status, _to_text(at), charge_point_id)
+        await self._db.write(
+            lambda db: db.execute(
+                "UPDATE charge_points SET firmware_status = ?, firmware_status_at = ? WHERE id = ?",
+                values,
+            )
+        )
+
+    async def record_diagnostics_status(
+        self, charge_point_id: ChargePointId, status: str, at: datetime
+    ) -> None:
+        """Store the latest DiagnosticsStatusNotification."""
+        values = (status, _to_text(at), charge_point_id)
+        await self._db.write(
+            lambda db: db.execute(
+                "UPDATE charge_points SET diagnostics_status = ?, diagnostics_status_at = ?"
+                " WHERE id = ?",
+                values,
+            )
+        )
+
     async def get(self, charge_point_id: str) -> ChargePointRecord | None:
-        """Return one charge point, or None."""
+        """Return one registered charge point, or None (unknown or removed)."""
         row = await self._db.read(
             lambda db: _fetch_one(
-                db, "SELECT * FROM charge_points WHERE id = ?", (charge_point_id,)
+                db,
+                "SELECT * FROM charge_points WHERE id = ? AND removed_at IS NULL",
+                (charge_point_id,),
             )
         )
         return None if row is None else _charge_point(row)
@@ -167,7 +387,9 @@ class ChargePointRepository:
     async def list(self) -> list[ChargePointRecord]:
         """Return every registered charge point, by id."""
         rows = await self._db.read(
-            lambda db: _fetch_all(db, "SELECT * FROM charge_points ORDER BY id", ())
+            lambda db: _fetch_all(
+                db, "SELECT * FROM charge_points WHERE removed_at IS NULL ORDER BY id", ()
+            )
         )
         return [_charge_point(row) for row in rows]
 
@@ -183,7 +405,94 @@ def _charge_point(row: Any) -> ChargePointRecord:
         registered_at=_from_text(row["registered_at"]),
         last_boot_at=_optional_time(row["last_boot_at"]),
         last_heartbeat_at=_optional_time(row["last_heartbeat_at"]),
+        connector_count=row["connector_count"],
+        last_seen_at=_optional_time(row["last_seen_at"]),
+        firmware_status=row["firmware_status"],
+        diagnostics_status=row["diagnostics_status"],
+        key_version=int(row["key_version"]),
     )
+
+
+def _pending(row: Any) -> PendingCharger:
+    return PendingCharger(
+        charge_point_id=ChargePointId(row["id"]),
+        first_seen=_from_text(row["first_seen_at"]),
+        last_seen=_from_text(row["last_seen_at"]),
+        attempts=int(row["attempts"]),
+        last_address=row["last_address"],
+    )
+
+
+class PendingRepository:
+    """Unknown charge point ids that tried to connect (the `on_unknown` of SiteCsms).
+
+    One row per id, so a charger retrying every few seconds stays one line; at most
+    `max_rows`, the least recently seen dropped first.
+    """
+
+    def __init__(self, db: SqliteWorker, *, max_rows: int = MAX_PENDING_CHARGE_POINTS) -> None:
+        if max_rows < 1:
+            raise ValueError("max_rows must be >= 1")
+        self._db = db
+        self._max_rows = max_rows
+
+    async def record(self, charge_point_id: ChargePointId, address: str, at: datetime) -> None:
+        """Note one attempt (the `OnUnknown` port)."""
+        values = (charge_point_id, _to_text(at), _to_text(at), printable(address, 64))
+        limit = self._max_rows
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                """
+                INSERT INTO pending_charge_points
+                    (id, first_seen_at, last_seen_at, attempts, last_address)
+                VALUES (?, ?, ?, 1, ?)
+                ON CONFLICT (id) DO UPDATE SET
+                    last_seen_at = MAX(last_seen_at, excluded.last_seen_at),
+                    attempts = attempts + 1,
+                    last_address = excluded.last_address
+                """,
+                values,
+            )
+            db.execute(
+                """
+                DELETE FROM pending_charge_points WHERE id IN (
+                    SELECT id FROM pending_charge_points
+                    ORDER BY last_seen_at DESC, id LIMIT -1 OFFSET ?)
+                """,
+                (limit,),
+            )
+
+        await self._db.write(write)
+
+    async def list(self) -> list[PendingCharger]:
+        """Every pending id, most recently seen first."""
+        rows = await self._db.read(
+            lambda db: _fetch_all(
+                db, "SELECT * FROM pending_charge_points ORDER BY last_seen_at DESC, id", ()
+            )
+        )
+        return [_pending(row) for row in rows]
+
+    async def get(self, charge_point_id: str) -> PendingCharger | None:
+        """One pending id, or None."""
+        row = await self._db.read(
+            lambda db: _fetch_one(
+                db, "SELECT * FROM pending_charge_points WHERE id = ?", (charge_point_id,)
+            )
+        )
+        return None if row is None else _pending(row)
+
+    async def discard(self, charge_point_id: str) -> bool:
+        """Drop an id (dismissed by the operator); False if it was not pending."""
+        removed: int = await self._db.write(
+            lambda db: (
+                db.execute(
+                    "DELETE FROM pending_charge_points WHERE id = ?", (charge_point_id,)
+                ).rowcount
+            )
+        )
+        return removed > 0
 
 
 class ConnectorRepository:
@@ -282,8 +591,69 @@ def _expiry(expires: date | datetime | None) -> datetime | None:
     return datetime.combine(expires + timedelta(days=1), time(0), tzinfo=UTC)
 
 
+def _verdict(
+    db: sqlite3.Connection,
+    id_tag: str,
+    now: datetime,
+    *,
+    count_open: bool,
+    exclude_transaction: int | None = None,
+) -> IdTagVerdict:
+    """The tag rules (docs in CardRepository), run inside the caller's transaction."""
+    row = _fetch_one(db, "SELECT * FROM id_tags WHERE id_tag = ?", (id_tag,))
+    if row is None:
+        return IdTagVerdict(AuthorizationStatus.INVALID)
+    card = _card(row)
+    status = _own_status(card, now)
+    expires = card.expires
+    # The parent's verdict passes down: a blocked or expired parent blocks or expires its
+    # children. A parent that is no registered tag is only a group name and adds nothing.
+    seen = {card.id_tag.casefold()}
+    parent_id = card.parent_id_tag
+    for _ in range(_MAX_PARENT_DEPTH):
+        if parent_id is None or parent_id.casefold() in seen:
+            break
+        seen.add(parent_id.casefold())
+        parent_row = _fetch_one(db, "SELECT * FROM id_tags WHERE id_tag = ?", (parent_id,))
+        if parent_row is None:
+            break
+        parent = _card(parent_row)
+        if status is AuthorizationStatus.ACCEPTED:
+            status = _own_status(parent, now)
+        if parent.expires is not None and (expires is None or parent.expires < expires):
+            expires = parent.expires
+        parent_id = parent.parent_id_tag
+    if status is AuthorizationStatus.ACCEPTED and count_open:
+        running = _fetch_one(
+            db,
+            """
+            SELECT COUNT(*) FROM transactions
+            WHERE id_tag = ? COLLATE NOCASE AND stop_timestamp IS NULL AND transaction_id != ?
+            """,
+            (card.id_tag, -1 if exclude_transaction is None else exclude_transaction),
+        )[0]
+        if running >= card.max_concurrent_tx:
+            status = AuthorizationStatus.CONCURRENT_TX
+    return IdTagVerdict(status, expires, card.parent_id_tag)
+
+
+def _own_status(card: Card, now: datetime) -> AuthorizationStatus:
+    if card.status is CardStatus.BLOCKED:
+        return AuthorizationStatus.BLOCKED
+    if card.expires is not None and card.expires <= now:
+        return AuthorizationStatus.EXPIRED
+    return AuthorizationStatus.ACCEPTED
+
+
 class CardRepository:
-    """The id tags (RFID cards) this CSMS authorizes; unknown tags are Invalid."""
+    """The id tags (RFID cards) this CSMS authorizes; unknown tags are Invalid.
+
+    Rules, in order: a Blocked tag is Blocked, an expired one Expired; then its parent
+    (if the parent is itself a registered tag, and so on up the chain) passes down
+    Blocked or Expired; an Accepted tag that already has `max_concurrent_tx` open
+    transactions (anywhere on the site) gets ConcurrentTx. The expiryDate answered is
+    the earliest of the chain. ConcurrentTx only answers Authorize and StartTransaction.
+    """
 
     def __init__(self, db: SqliteWorker, clock: Clock) -> None:
         self._db = db
@@ -296,6 +666,7 @@ class CardRepository:
         expires: date | datetime | None = None,
         *,
         parent_id_tag: str | None = None,
+        max_concurrent_tx: int = 1,
     ) -> Card:
         """Register a card as Accepted; raise CardExistsError if it is already registered."""
         card = Card(
@@ -303,8 +674,9 @@ class CardRepository:
             name=name.strip(),
             status=CardStatus.ACCEPTED,
             expires=_expiry(expires),
-            parent_id_tag=None if parent_id_tag is None else parse_id_tag(parent_id_tag),
+            parent_id_tag=_parent(id_tag, parent_id_tag),
             created_at=self._clock.utc_now().astimezone(UTC),
+            max_concurrent_tx=_concurrency(max_concurrent_tx),
         )
         values = (
             card.id_tag,
@@ -313,13 +685,15 @@ class CardRepository:
             None if card.expires is None else _to_text(card.expires),
             card.parent_id_tag,
             _to_text(card.created_at),
+            card.max_concurrent_tx,
         )
         inserted = await self._db.write(
             lambda db: (
                 db.execute(
                     """
-                INSERT INTO id_tags (id_tag, name, status, expires_at, parent_id_tag, created_at)
-                VALUES (?, ?, ?, ?, ?, ?)
+                INSERT INTO id_tags (id_tag, name, status, expires_at, parent_id_tag, created_at,
+                    max_concurrent_tx)
+                VALUES (?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (id_tag) DO NOTHING
                 """,
                     values,
@@ -329,6 +703,41 @@ class CardRepository:
         if inserted == 0:
             raise CardExistsError(f"id tag {card.id_tag!r} is already registered")
         return card
+
+    async def put(
+        self,
+        id_tag: str,
+        *,
+        status: CardStatus,
+        name: str = "",
+        expires: date | datetime | None = None,
+        parent_id_tag: str | None = None,
+    ) -> None:
+        """Create or overwrite a card in one statement (the fleet card sync's write).
+
+        One statement, so an Authorize never sees the card half-changed (a blocked card
+        briefly Accepted). An existing card keeps its created_at and max_concurrent_tx.
+        """
+        values = (
+            parse_id_tag(id_tag),
+            name.strip(),
+            status.value,
+            None if (moment := _expiry(expires)) is None else _to_text(moment),
+            _parent(id_tag, parent_id_tag),
+            _to_text(self._clock.utc_now().astimezone(UTC)),
+        )
+        await self._db.write(
+            lambda db: db.execute(
+                """
+                INSERT INTO id_tags (id_tag, name, status, expires_at, parent_id_tag, created_at)
+                VALUES (?, ?, ?, ?, ?, ?)
+                ON CONFLICT (id_tag) DO UPDATE SET name = excluded.name,
+                    status = excluded.status, expires_at = excluded.expires_at,
+                    parent_id_tag = excluded.parent_id_tag
+                """,
+                values,
+            )
+        )
 
     async def get(self, id_tag: str) -> Card | None:
         """Return the card (matched case-insensitively), or None."""
@@ -359,18 +768,34 @@ class CardRepository:
         )
         return removed > 0
 
-    async def check(self, id_tag: str, now: datetime) -> IdTagVerdict:
-        """Decide on an id tag at `now`: Accepted, Blocked, Expired or Invalid (unknown)."""
-        card = await self.get(id_tag)
-        if card is None:
-            return IdTagVerdict(AuthorizationStatus.INVALID)
-        if card.status is CardStatus.BLOCKED:
-            status = AuthorizationStatus.BLOCKED
-        elif card.expires is not None and card.expires <= now:
-            status = AuthorizationStatus.EXPIRED
-        else:
-            status = AuthorizationStatus.ACCEPTED
-        return IdTagVerdict(status, card.expires, card.parent_id_tag)
+    async def set_parent(self, id_tag: str, parent_id_tag: str | None) -> bool:
+        """Set (or with None clear) a card's parent id tag; False if there is no such card."""
+        parent = _parent(id_tag, parent_id_tag)
+        changed: int = await self._db.write(
+            lambda db: (
+                db.execute(
+                    "UPDATE id_tags SET parent_id_tag = ? WHERE id_tag = ?", (parent, id_tag)
+                ).rowcount
+            )
+        )
+        return changed > 0
+
+    async def set_max_concurrent_tx(self, id_tag: str, limit: int) -> bool:
+        """Set how many open transactions a card may have; False if there is no such card."""
+        value = _concurrency(limit)
+        changed: int = await self._db.write(
+            lambda db: (
+                db.execute(
+                    "UPDATE id_tags SET max_concurrent_tx = ? WHERE id_tag = ?", (value, id_tag)
+                ).rowcount
+            )
+        )
+        return changed > 0
+
+    async def check(self, id_tag: str, now: datetime, *, count_open: bool = True) -> IdTagVerdict:
+        """Decide on an id tag at `now`: Accepted, Blocked, Expired, Invalid (unknown) or,
+        with `count_open`, ConcurrentTx (as Authorize answers; a stop does not count)."""
+        return await self._db.read(lambda db: _verdict(db, id_tag, now, count_open=count_open))
 
     async def authorize(self, id_tag: str, now: datetime) -> AuthorizationStatus:
         """Return only the status part of `check`."""
@@ -395,7 +820,23 @@ def _card(row: Any) -> Card:
         expires=_optional_time(row["expires_at"]),
         parent_id_tag=None if row["parent_id_tag"] is None else IdTag(row["parent_id_tag"]),
         created_at=_from_text(row["created_at"]),
+        max_concurrent_tx=int(row["max_concurrent_tx"]),
     )
+
+
+def _parent(id_tag: str, parent_id_tag: str | None) -> IdTag | None:
+    if parent_id_tag is None:
+        return None
+    parent = parse_id_tag(parent_id_tag)
+    if parent.casefold() == id_tag.strip().casefold():
+        raise CsmsError("a card cannot be its own parent")
+    return parent
+
+
+def _concurrency(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise CsmsError("max concurrent transactions must be a whole number >= 1")
+    return limit
 
 
 _INSERT_SAMPLE = """
@@ -411,8 +852,9 @@ def _insert_samples(
     connector_id: int,
     transaction_id: int | None,
     samples: Sequence[MeterSample],
-) -> int:
-    inserted = 0
+) -> list[MeterSample]:
+    """Insert the samples not stored yet; return those (a retry returns none)."""
+    inserted = []
     for s in samples:
         cursor = db.execute(
             _INSERT_SAMPLE,
@@ -430,15 +872,196 @@ def _insert_samples(
                 s.value,
             ),
         )
-        inserted += cursor.rowcount
+        if cursor.rowcount > 0:
+            inserted.append(s)
     return inserted
+
+
+def _register_wh(sample: MeterSample) -> float | None:
+    """The sample as an energy register reading in Wh, or None if it is not one."""
+    if sample.measurand != ENERGY_REGISTER or sample.phase is not None or sample.format != "Raw":
+        return None
+    scale = {"Wh": 1.0, "kWh": 1000.0}.get(sample.unit)
+    try:
+        value = float(sample.value)
+    except ValueError:
+        return None
+    if scale is None or not math.isfinite(value):
+        return None
+    return value * scale
+
+
+def _check_register(
+    db: sqlite3.Connection,
+    charge_point_id: ChargePointId,
+    transaction_id: int,
+    meter_start: int,
+    fresh: Iterable[MeterSample],
+    action: str,
+) -> Anomaly | None:
+    """Flag the transaction if a newly stored register reading is below meterStart or
+    below the latest earlier reading of the same meter (location)."""
+    for sample in sorted(fresh, key=lambda s: s.timestamp):
+        value = _register_wh(sample)
+        if value is None:
+            continue
+        floor, what = float(meter_start), "meterStart"
+        row = _fetch_one(
+            db,
+            """
+            SELECT value, unit, format, timestamp FROM meter_values
+            WHERE transaction_id = ? AND charge_point_id = ? AND timestamp < ?
+                AND measurand = 'Energy.Active.Import.Register' AND phase IS NULL
+                AND location = ?
+            ORDER BY timestamp DESC LIMIT 1
+            """,
+            (transaction_id, charge_point_id, _to_text(sample.timestamp), sample.location),
+        )
+        if row is not None:
+            earlier = _register_wh(
+                MeterSample(
+                    timestamp=sample.timestamp,
+                    value=row["value"],
+                    unit=row["unit"],
+                    format=row["format"],
+                )
+            )
+            if earlier is not None and earlier > floor:
+                floor, what = earlier, f"the reading at {row['timestamp']}"
+        if value < floor:
+            db.execute(
+                "UPDATE transactions SET meter_backwards = 1 WHERE transaction_id = ?",
+                (transaction_id,),
+            )
+            return Anomaly(
+                AnomalyKind.FLAGGED,
+                AnomalyReason.METER_BACKWARDS,
+                action,
+                f"register {value:g} Wh at {_to_text(sample.timestamp)} is below"
+                f" {what} ({floor:g} Wh)",
+                transaction_id,
+            )
+    return None
+
+
+def _record_anomaly(
+    db: sqlite3.Connection, charge_point_id: ChargePointId, anomaly: Anomaly, at: datetime
+) -> None:
+    """Add an anomaly row, or count it on the latest row if it repeats that one exactly
+    (a retried message); keep the newest MAX_ANOMALIES_PER_CHARGE_POINT rows."""
+    detail = printable(anomaly.detail, _MAX_DETAIL)
+    when = _to_text(at)
+    latest = _fetch_one(
+        db,
+        """
+        SELECT id, kind, reason, action, detail, transaction_id FROM anomalies
+        WHERE charge_point_id = ? ORDER BY id DESC LIMIT 1
+        """,
+        (charge_point_id,),
+    )
+    if latest is not None and (
+        latest["kind"],
+        latest["reason"],
+        latest["action"],
+        latest["detail"],
+        latest["transaction_id"],
+    ) == (anomaly.kind.value, anomaly.reason.value, anomaly.action, detail, anomaly.transaction_id):
+        db.execute(
+            "UPDATE anomalies SET count = count + 1, last_at = ? WHERE id = ?",
+            (when, latest["id"]),
+        )
+        return
+    db.execute(
+        """
+        INSERT INTO anomalies (charge_point_id, kind, reason, action, detail, transaction_id,
+            first_at, last_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+        """,
+        (
+            charge_point_id,
+            anomaly.kind.value,
+            anomaly.reason.value,
+            anomaly.action,
+            detail,
+            anomaly.transaction_id,
+            when,
+            when,
+        ),
+    )
+    db.execute(
+        """
+        DELETE FROM anomalies WHERE charge_point_id = ? AND id <= (
+            SELECT id FROM anomalies WHERE charge_point_id = ?
+            ORDER BY id DESC LIMIT 1 OFFSET ?)
+        """,
+        (charge_point_id, charge_point_id, MAX_ANOMALIES_PER_CHARGE_POINT),
+    )
+
+
+def _record_all(
+    db: sqlite3.Connection, charge_point_id: ChargePointId, found: Sequence[Anomaly], at: datetime
+) -> None:
+    for anomaly in found:
+        _record_anomaly(db, charge_point_id, anomaly, at)
+
+
+class AnomalyRepository:
+    """What charge points sent that was refused or stored flagged, and why (bounded)."""
+
+    def __init__(self, db: SqliteWorker, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def record(
+        self, charge_point_id: ChargePointId, anomaly: Anomaly, at: datetime | None = None
+    ) -> None:
+        """Record one anomaly (a repeat of the charge point's latest one is counted on it)."""
+        when = at or self._clock.utc_now()
+        await self._db.write(lambda db: _record_anomaly(db, charge_point_id, anomaly, when))
+
+    async def list(
+        self, charge_point_id: str | None = None, *, limit: int = 100
+    ) -> list[AnomalyRecord]:
+        """Return the newest anomalies first, of one charge point or of all."""
+        if charge_point_id is None:
+            rows = await self._db.read(
+                lambda db: _fetch_all(
+                    db, "SELECT * FROM anomalies ORDER BY id DESC LIMIT ?", (limit,)
+                )
+            )
+        else:
+            rows = await self._db.read(
+                lambda db: _fetch_all(
+                    db,
+                    "SELECT * FROM anomalies WHERE charge_point_id = ? ORDER BY id DESC LIMIT ?",
+                    (charge_point_id, limit),
+                )
+            )
+        return [
+            AnomalyRecord(
+                id=int(row["id"]),
+                charge_point_id=ChargePointId(row["charge_point_id"]),
+                anomaly=Anomaly(
+                    kind=AnomalyKind(row["kind"]),
+                    reason=AnomalyReason(row["reason"]),
+                    action=row["action"],
+                    detail=row["detail"],
+                    transaction_id=row["transaction_id"],
+                ),
+                first_at=_from_text(row["first_at"]),
+                last_at=_from_text(row["last_at"]),
+                count=int(row["count"]),
+            )
+            for row in rows
+        ]
 
 
 class MeterValueRepository:
     """Sampled meter values; a retried MeterValues message is stored once."""
 
-    def __init__(self, db: SqliteWorker) -> None:
+    def __init__(self, db: SqliteWorker, clock: Clock) -> None:
         self._db = db
+        self._clock = clock
 
     async def add(
         self,
@@ -446,11 +1069,76 @@ class MeterValueRepository:
         connector_id: int,
         transaction_id: int | None,
         samples: Sequence[MeterSample],
+        *,
+        received_at: datetime | None = None,
+        notes: list[Anomaly] | None = None,
     ) -> int:
-        """Store samples not stored yet, all in one transaction; return how many were new."""
-        return await self._db.write(
-            lambda db: _insert_samples(db, charge_point_id, connector_id, transaction_id, samples)
-        )
+        """Store samples not stored yet, all in one transaction; return how many were new.
+
+        With a transaction id: another charge point's transaction stores nothing (a
+        REFUSED anomaly); an unknown one stores the samples without it, a connector
+        other than the transaction's is stored as sent, and a register reading going
+        backwards flags the transaction (FLAGGED anomalies). Anomalies are recorded in the
+        same database transaction and appended to `notes`.
+        """
+        at = received_at or self._clock.utc_now()
+        action = "MeterValues"
+
+        def write(db: sqlite3.Connection) -> tuple[int, list[Anomaly]]:
+            found: list[Anomaly] = []
+            keep_under = transaction_id
+            meter_start: int | None = None
+            if transaction_id is not None:
+                row = _fetch_one(
+                    db,
+                    "SELECT charge_point_id, connector_id, meter_start FROM transactions"
+                    " WHERE transaction_id = ?",
+                    (transaction_id,),
+                )
+                if row is None:
+                    keep_under = None
+                    found.append(
+                        Anomaly(
+                            AnomalyKind.FLAGGED,
+                            AnomalyReason.UNKNOWN_TRANSACTION,
+                            action,
+                            f"no transaction {transaction_id}: samples kept without it",
+                            transaction_id,
+                        )
+                    )
+                elif row["charge_point_id"] != charge_point_id:
+                    found.append(_foreign(action, transaction_id))
+                    _record_all(db, charge_point_id, found, at)
+                    return 0, found
+                else:
+                    meter_start = int(row["meter_start"])
+                    if int(row["connector_id"]) != connector_id:
+                        found.append(
+                            Anomaly(
+                                AnomalyKind.FLAGGED,
+                                AnomalyReason.CONNECTOR_MISMATCH,
+                                action,
+                                f"connector {connector_id}, transaction runs on"
+                                f" connector {row['connector_id']}",
+                                transaction_id,
+                            )
+                        )
+            fresh = _insert_samples(db, charge_point_id, connector_id, keep_under, samples)
+            if not fresh:
+                return 0, []  # a retry: its anomalies were recorded the first time
+            if meter_start is not None and transaction_id is not None:
+                backwards = _check_register(
+                    db, charge_point_id, transaction_id, meter_start, fresh, action
+                )
+                if backwards is not None:
+                    found.append(backwards)
+            _record_all(db, charge_point_id, found, at)
+            return len(fresh), found
+
+        stored, found = await self._db.write(write)
+        if notes is not None:
+            notes.extend(found)
+        return stored
 
     async def list(
         self, charge_point_id: str, *, transaction_id: int | None = None
@@ -493,11 +1181,30 @@ class MeterValueRepository:
         ]
 
 
-class TransactionRepository:
-    """Charging transactions; Start and Stop are idempotent so a retry changes nothing."""
+def _foreign(action: str, transaction_id: int) -> Anomaly:
+    return Anomaly(
+        AnomalyKind.REFUSED,
+        AnomalyReason.FOREIGN_TRANSACTION,
+        action,
+        f"transaction {transaction_id} belongs to another charge point",
+        transaction_id,
+    )
 
-    def __init__(self, db: SqliteWorker) -> None:
+
+class TransactionRepository:
+    """Charging transactions; Start and Stop are idempotent so a retry changes nothing.
+
+    A connector carries one transaction at a time: a StartTransaction on a connector whose
+    transaction is still open means the charge point ended that one without (yet) telling
+    us, so the older one is closed as superseded (stop_timestamp = the new start, reason
+    Other, superseded_by = the new id, a FLAGGED anomaly); its StopTransaction, if it
+    comes later, still fills in the real end. Closing it first also keeps a lost Stop from
+    counting against the tag's concurrency limit forever.
+    """
+
+    def __init__(self, db: SqliteWorker, clock: Clock) -> None:
         self._db = db
+        self._clock = clock
 
     async def start(
         self,
@@ -507,40 +1214,114 @@ class TransactionRepository:
         *,
         meter_start: int,
         timestamp: datetime,
-        id_tag_status: AuthorizationStatus,
+        id_tag_status: AuthorizationStatus | None = None,
         reservation_id: int | None,
         received_at: datetime,
+        notes: list[Anomaly] | None = None,
     ) -> StartOutcome:
-        """Record a StartTransaction; the same message again returns the same id."""
-        key = (charge_point_id, connector_id, id_tag, _to_text(timestamp), meter_start)
+        """Record a StartTransaction; the same message again returns the same id and verdict.
 
-        def write(db: sqlite3.Connection) -> StartOutcome:
-            cursor = db.execute(
-                """
-                INSERT INTO transactions (charge_point_id, connector_id, id_tag,
-                    start_timestamp, meter_start, id_tag_status, reservation_id, received_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT (charge_point_id, connector_id, id_tag, start_timestamp, meter_start)
-                DO NOTHING
-                """,
-                (*key, id_tag_status.value, reservation_id, _to_text(received_at)),
-            )
-            if cursor.rowcount == 1 and cursor.lastrowid is not None:
-                return StartOutcome(cursor.lastrowid, repeated=False)
+        The tag rules (CardRepository) decide the status, ConcurrentTx included, unless
+        `id_tag_status` imposes one. Everything, anomalies included, is one database
+        transaction, so two charge points starting with one tag cannot both slip under
+        its limit.
+        """
+        key = (charge_point_id, connector_id, id_tag, _to_text(timestamp), meter_start)
+        started = key[3]
+        action = "StartTransaction"
+
+        def write(db: sqlite3.Connection) -> tuple[StartOutcome, list[Anomaly]]:
             row = _fetch_one(
                 db,
                 """
-                SELECT transaction_id FROM transactions
+                SELECT transaction_id, id_tag_status FROM transactions
                 WHERE charge_point_id = ? AND connector_id = ? AND id_tag = ?
                     AND start_timestamp = ? AND meter_start = ?
                 """,
                 key,
             )
-            if row is None:
-                raise StorageError("csms.db: StartTransaction neither stored nor found")
-            return StartOutcome(int(row["transaction_id"]), repeated=True)
+            if row is not None:
+                verdict = _verdict(db, id_tag, received_at, count_open=False)
+                stored = AuthorizationStatus(row["id_tag_status"])
+                return StartOutcome(
+                    int(row["transaction_id"]), True, replace(verdict, status=stored)
+                ), []
+            cursor = db.execute(
+                """
+                INSERT INTO transactions (charge_point_id, connector_id, id_tag,
+                    start_timestamp, meter_start, id_tag_status, reservation_id, received_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+                (*key, AuthorizationStatus.ACCEPTED.value, reservation_id, _to_text(received_at)),
+            )
+            if cursor.lastrowid is None:
+                raise StorageError("csms.db: StartTransaction not stored")
+            new_id = cursor.lastrowid
+            found: list[Anomaly] = []
+            superseded: list[int] = []
+            for older in _fetch_all(
+                db,
+                """
+                SELECT transaction_id, start_timestamp FROM transactions
+                WHERE charge_point_id = ? AND connector_id = ? AND stop_timestamp IS NULL
+                    AND transaction_id != ?
+                ORDER BY transaction_id
+                """,
+                (charge_point_id, connector_id, new_id),
+            ):
+                older_id = int(older["transaction_id"])
+                if older["start_timestamp"] <= started:
+                    db.execute(
+                        """
+                        UPDATE transactions
+                        SET stop_timestamp = ?, stop_reason = 'Other', superseded_by = ?
+                        WHERE transaction_id = ?
+                        """,
+                        (started, new_id, older_id),
+                    )
+                    superseded.append(older_id)
+                    found.append(
+                        Anomaly(
+                            AnomalyKind.FLAGGED,
+                            AnomalyReason.SUPERSEDED,
+                            action,
+                            f"still open when transaction {new_id} started on connector"
+                            f" {connector_id} at {started}: closed then",
+                            older_id,
+                        )
+                    )
+                else:
+                    found.append(
+                        Anomaly(
+                            AnomalyKind.FLAGGED,
+                            AnomalyReason.OUT_OF_ORDER_START,
+                            action,
+                            f"starts at {started}, before transaction {older_id}, still open"
+                            f" on connector {connector_id}, started ({older['start_timestamp']})",
+                            new_id,
+                        )
+                    )
+            verdict = _verdict(
+                db,
+                id_tag,
+                received_at,
+                count_open=id_tag_status is None,
+                exclude_transaction=new_id,
+            )
+            if id_tag_status is not None:
+                verdict = replace(verdict, status=id_tag_status)
+            if verdict.status is not AuthorizationStatus.ACCEPTED:
+                db.execute(
+                    "UPDATE transactions SET id_tag_status = ? WHERE transaction_id = ?",
+                    (verdict.status.value, new_id),
+                )
+            _record_all(db, charge_point_id, found, received_at)
+            return StartOutcome(new_id, False, verdict, tuple(superseded)), found
 
-        return await self._db.write(write)
+        outcome, found = await self._db.write(write)
+        if notes is not None:
+            notes.extend(found)
+        return outcome
 
     async def stop(
         self,
@@ -552,44 +1333,113 @@ class TransactionRepository:
         reason: str,
         id_tag: str | None,
         samples: Sequence[MeterSample] = (),
+        received_at: datetime | None = None,
+        notes: list[Anomaly] | None = None,
     ) -> StopOutcome:
         """Record a StopTransaction and its transactionData in one database transaction.
 
         A stop for an already stopped transaction changes nothing but still stores
-        samples not seen yet; a stop for a transaction this charge point does not own
-        is UNKNOWN, and its samples are kept under connector 0 so they are not lost.
+        samples not seen yet. Another charge point's transaction is FOREIGN: nothing is
+        stored and a REFUSED anomaly recorded. An unknown one is UNKNOWN: its samples are
+        kept under connector 0 without a transaction, flagged. A stop whose meterStop is
+        below meterStart (or earlier than the start) is stored, flagged: the charge point
+        must not retry it forever, and the operator sees it in the anomalies.
         """
+        at = received_at or self._clock.utc_now()
+        action = "StopTransaction"
+        stopped_at = _to_text(timestamp)
 
-        def write(db: sqlite3.Connection) -> StopOutcome:
+        def write(db: sqlite3.Connection) -> tuple[StopOutcome, list[Anomaly]]:
+            found: list[Anomaly] = []
             row = _fetch_one(
                 db,
                 """
-                SELECT connector_id, stop_timestamp FROM transactions
-                WHERE transaction_id = ? AND charge_point_id = ?
+                SELECT charge_point_id, connector_id, meter_start, start_timestamp,
+                    stop_received_at
+                FROM transactions WHERE transaction_id = ?
                 """,
-                (transaction_id, charge_point_id),
+                (transaction_id,),
             )
+            keep_under: int | None = transaction_id
             if row is None:
                 outcome = StopOutcome.UNKNOWN
                 connector_id = 0
-            elif row["stop_timestamp"] is not None:
+                keep_under = None
+                found.append(
+                    Anomaly(
+                        AnomalyKind.FLAGGED,
+                        AnomalyReason.UNKNOWN_TRANSACTION,
+                        action,
+                        f"no transaction {transaction_id}: answered, samples kept without it",
+                        transaction_id,
+                    )
+                )
+            elif row["charge_point_id"] != charge_point_id:
+                found.append(_foreign(action, transaction_id))
+                _record_all(db, charge_point_id, found, at)
+                return StopOutcome.FOREIGN, found
+            elif row["stop_received_at"] is not None:
                 outcome = StopOutcome.ALREADY_STOPPED
                 connector_id = int(row["connector_id"])
             else:
                 outcome = StopOutcome.STOPPED
                 connector_id = int(row["connector_id"])
+                meter_start = int(row["meter_start"])
+                backwards = meter_stop < meter_start
                 db.execute(
                     """
                     UPDATE transactions
-                    SET meter_stop = ?, stop_timestamp = ?, stop_reason = ?, stop_id_tag = ?
+                    SET meter_stop = ?, stop_timestamp = ?, stop_reason = ?, stop_id_tag = ?,
+                        stop_received_at = ?, meter_backwards = MAX(meter_backwards, ?)
                     WHERE transaction_id = ?
                     """,
-                    (meter_stop, _to_text(timestamp), reason, id_tag, transaction_id),
+                    (
+                        meter_stop,
+                        stopped_at,
+                        reason,
+                        id_tag,
+                        _to_text(at),
+                        int(backwards),
+                        transaction_id,
+                    ),
                 )
-            _insert_samples(db, charge_point_id, connector_id, transaction_id, samples)
-            return outcome
+                if backwards:
+                    found.append(
+                        Anomaly(
+                            AnomalyKind.FLAGGED,
+                            AnomalyReason.METER_BACKWARDS,
+                            action,
+                            f"meterStop {meter_stop} Wh is below meterStart {meter_start} Wh",
+                            transaction_id,
+                        )
+                    )
+                if stopped_at < row["start_timestamp"]:
+                    found.append(
+                        Anomaly(
+                            AnomalyKind.FLAGGED,
+                            AnomalyReason.STOP_BEFORE_START,
+                            action,
+                            f"stopped at {stopped_at}, started at {row['start_timestamp']}",
+                            transaction_id,
+                        )
+                    )
+            fresh = _insert_samples(db, charge_point_id, connector_id, keep_under, samples)
+            flagged = {anomaly.reason for anomaly in found}
+            if row is not None and fresh and AnomalyReason.METER_BACKWARDS not in flagged:
+                backwards_sample = _check_register(
+                    db, charge_point_id, transaction_id, int(row["meter_start"]), fresh, action
+                )
+                if backwards_sample is not None:
+                    found.append(backwards_sample)
+            if outcome is StopOutcome.UNKNOWN and not fresh and samples:
+                found = []  # a retry of a stop already recorded as unknown
+            _record_all(db, charge_point_id, found, at)
+            return outcome, found
 
-        return await self._db.write(write)
+        outcome, found = await self._db.write(write)
+        if notes is not None:
+            notes.extend(found)
+        return outcome
 
     async def get(self, transaction_id: int) -> TransactionRecord | None:
         """Return one transaction, or None."""
@@ -631,6 +1481,8 @@ def _transaction(row: Any) -> TransactionRecord:
         stop_timestamp=_optional_time(row["stop_timestamp"]),
         stop_reason=row["stop_reason"],
         stop_id_tag=None if row["stop_id_tag"] is None else IdTag(row["stop_id_tag"]),
+        superseded_by=row["superseded_by"],
+        meter_backwards=bool(row["meter_backwards"]),
     )
 
 
@@ -644,8 +1496,10 @@ class CsmsStore:
         self.charge_points = ChargePointRepository(db, clock, iterations=auth_iterations)
         self.connectors = ConnectorRepository(db)
         self.cards = CardRepository(db, clock)
-        self.transactions = TransactionRepository(db)
-        self.meter_values = MeterValueRepository(db)
+        self.transactions = TransactionRepository(db, clock)
+        self.meter_values = MeterValueRepository(db, clock)
+        self.anomalies = AnomalyRepository(db, clock)
+        self.pending = PendingRepository(db)
 
     @classmethod
     async def open(

@@ -21,6 +21,7 @@ class AuthorizationStatus(enum.StrEnum):
     BLOCKED = "Blocked"
     EXPIRED = "Expired"
     INVALID = "Invalid"
+    CONCURRENT_TX = "ConcurrentTx"  # the tag already runs as many transactions as it may
 
 
 class CardStatus(enum.StrEnum):
@@ -36,6 +37,34 @@ class StopOutcome(enum.StrEnum):
     STOPPED = "stopped"
     ALREADY_STOPPED = "already_stopped"
     UNKNOWN = "unknown"
+    FOREIGN = "foreign"  # the transaction is another charge point's: refused, nothing stored
+
+
+class AnomalyKind(enum.StrEnum):
+    """What the CSMS did about something wrong a charge point sent."""
+
+    REFUSED = "refused"  # answered with a CALLERROR, nothing stored
+    FLAGGED = "flagged"  # stored and answered normally, with the reason recorded
+    DISCONNECTED = "disconnected"  # the connection was closed
+
+
+class AnomalyReason(enum.StrEnum):
+    """Why: short stable codes, queryable in the anomalies table."""
+
+    CONNECTOR_OUT_OF_RANGE = "connector_out_of_range"
+    NEGATIVE_METER_START = "negative_meter_start"
+    FOREIGN_TRANSACTION = "foreign_transaction"
+    TOO_MANY_SAMPLED_VALUES = "too_many_sampled_values"
+    UNKNOWN_TRANSACTION = "unknown_transaction"
+    CONNECTOR_MISMATCH = "connector_mismatch"
+    METER_BACKWARDS = "meter_backwards"
+    SUPERSEDED = "superseded"
+    OUT_OF_ORDER_START = "out_of_order_start"
+    STOP_BEFORE_START = "stop_before_start"
+    FUTURE_TIMESTAMP = "future_timestamp"
+    FRAME_TOO_BIG = "frame_too_big"
+    TOO_MANY_BAD_FRAMES = "too_many_bad_frames"
+    OPERATOR_DISCONNECT = "operator_disconnect"  # closed on the operator's request
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +77,8 @@ class Card:
     expires: datetime | None  # first instant it no longer works
     parent_id_tag: IdTag | None
     created_at: datetime
+    # Open transactions the tag may have at once; one more gets ConcurrentTx.
+    max_concurrent_tx: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +103,13 @@ class ChargePointRecord:
     registered_at: datetime
     last_boot_at: datetime | None
     last_heartbeat_at: datetime | None
+    # Connector ids 1..connector_count are accepted; None = not set (DEFAULT_CONNECTOR_COUNT).
+    connector_count: int | None = None
+    last_seen_at: datetime | None = None  # any message, with or without a BootNotification
+    firmware_status: str | None = None
+    diagnostics_status: str | None = None
+    # Bumped on every key change: a key verified under another version was replaced.
+    key_version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,11 +167,44 @@ class TransactionRecord:
     stop_timestamp: datetime | None
     stop_reason: str | None
     stop_id_tag: IdTag | None
+    # Closed because a newer StartTransaction came on its connector before its Stop did;
+    # a StopTransaction arriving later still fills in the real end.
+    superseded_by: int | None = None
+    meter_backwards: bool = False  # a reading below meterStart or below an earlier one
 
 
 @dataclass(frozen=True, slots=True)
 class StartOutcome:
-    """Transaction id assigned to a StartTransaction; `repeated` when it was a retry."""
+    """Transaction id assigned to a StartTransaction; `repeated` when it was a retry.
+
+    `verdict` is the idTagInfo to answer (a retry gets the status the first try got);
+    `superseded` lists the older open transactions of the connector this start closed.
+    """
 
     transaction_id: int
     repeated: bool
+    verdict: IdTagVerdict
+    superseded: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """Something wrong in what a charge point sent, as a handler or repository found it."""
+
+    kind: AnomalyKind
+    reason: AnomalyReason
+    action: str | None = None  # the OCPP action, None for the connection itself
+    detail: str = ""  # short, printable, never an id tag
+    transaction_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyRecord:
+    """One row of the anomalies table: an anomaly and how often it came in a row."""
+
+    id: int
+    charge_point_id: ChargePointId
+    anomaly: Anomaly
+    first_at: datetime
+    last_at: datetime
+    count: int

@@ -4,16 +4,129 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, overload
 
 from gpiozero import LED, Buzzer, OutputDevice
 
-from edgepoint.charging.actions import ConnectorStatus, Feedback
+from edgepoint.charging.actions import Feedback, Indication
 from edgepoint.config import ConnectorConfig, HardwareConfig
 from edgepoint.errors import DeviceError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Light:
+    """One LED's pattern: dark (on_s 0), steady (off_s 0) or blinking."""
+
+    on_s: float = 0.0
+    off_s: float = 0.0
+
+
+DARK, STEADY = Light(), Light(on_s=1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class LedPattern:
+    """What the green and the red LED do together."""
+
+    green: Light
+    red: Light
+
+
+# Readable from across a car park: green means you may charge, red means you may not;
+# blinking means something is going on. Each state looks different from every other.
+PATTERNS: Mapping[Indication, LedPattern] = {
+    Indication.AVAILABLE: LedPattern(STEADY, DARK),
+    # Still green (known cards charge), with a short red wink every 3 s.
+    Indication.OFFLINE: LedPattern(STEADY, Light(0.1, 2.9)),
+    Indication.AUTHORIZING: LedPattern(Light(0.1, 0.1), DARK),  # fast flicker: reading
+    Indication.CHARGING: LedPattern(Light(1.0, 1.0), DARK),  # slow "breathing"
+    Indication.SUSPENDED: LedPattern(Light(0.2, 1.8), DARK),
+    Indication.FINISHING: LedPattern(Light(0.5, 0.5), DARK),
+    Indication.UNAVAILABLE: LedPattern(DARK, STEADY),
+    Indication.REFUSED: LedPattern(DARK, STEADY),  # for REFUSED_S, then the state again
+    Indication.FAULT: LedPattern(DARK, Light(0.5, 0.5)),
+}
+REFUSED_S = 1.5
+
+
+@dataclass(frozen=True, slots=True)
+class Beeps:
+    """A buzzer pattern: `count` beeps of `on_s`, `off_s` apart."""
+
+    on_s: float
+    off_s: float
+    count: int
+
+
+BEEPS: Mapping[Feedback, Beeps] = {
+    Feedback.READING: Beeps(0.05, 0.05, 1),  # a click: the card was seen
+    Feedback.ACCEPTED: Beeps(0.4, 0.1, 1),  # one long, pleasant beep
+    Feedback.REJECTED: Beeps(0.1, 0.1, 3),  # three short: no
+    Feedback.STOPPED: Beeps(0.15, 0.1, 2),
+    Feedback.FAULT: Beeps(1.0, 0.1, 1),
+}
+
+
+def relay_off_levels(
+    hardware: HardwareConfig, connectors: Sequence[ConnectorConfig] = ()
+) -> dict[int, bool]:
+    """The GPIO level (True: high) that opens each relay pin, by BCM pin number."""
+    pins = [c.relay_pin for c in (tuple(connectors) or default_connectors(hardware))]
+    return dict.fromkeys(pins, not hardware.relay_active_high)
+
+
+def force_relays_open(
+    hardware: HardwareConfig,
+    connectors: Sequence[ConnectorConfig] = (),
+    *,
+    pin_factory: Any = None,
+    pinctrl: str | None = None,
+    run: Callable[..., subprocess.CompletedProcess[bytes]] = subprocess.run,
+) -> list[str]:
+    """Drive every relay pin to its open level, for a process other than the daemon
+    (`edgepoint relay-off`, the unit's ExecStopPost after a kill -9, OOM or abort).
+
+    gpiozero drives the level, then releases the pin, which makes it an input again:
+    from then on the relay board's pull resistor holds it open (docs/interlocks.md).
+    Where Raspberry Pi OS's `pinctrl` exists (`pinctrl="auto"` looks it up) the pin is
+    then left driven at the open level, with no process holding it. Returns what was done.
+    """
+    done: list[str] = []
+    levels = relay_off_levels(hardware, connectors)
+    for pin, high in levels.items():
+        try:
+            device = OutputDevice(
+                pin,
+                active_high=hardware.relay_active_high,
+                initial_value=False,
+                pin_factory=pin_factory,
+            )
+        except Exception as err:  # gpiozero raises many unrelated types for a bad setup
+            raise DeviceError(f"cannot drive relay pin {pin}: {err}") from err
+        device.close()
+        done.append(f"GPIO{pin} driven {'high' if high else 'low'} (relay open)")
+    tool = shutil.which("pinctrl") if pinctrl == "auto" else pinctrl
+    if tool is None:
+        return done
+    for pin, high in levels.items():
+        command = [tool, "set", str(pin), "op", "dh" if high else "dl"]
+        try:
+            result = run(command, capture_output=True, timeout=5, check=False)
+        except (OSError, subprocess.SubprocessError) as err:
+            done.append(f"pinctrl failed for GPIO{pin}: {err}")
+            continue
+        if result.returncode != 0:
+            done.append(f"pinctrl failed for GPIO{pin}: {result.stderr.decode(errors='replace')}")
+        else:
+            done.append(f"GPIO{pin} held {'high' if high else 'low'} by pinctrl")
+    return done
 
 
 def default_connectors(hardware: HardwareConfig) -> tuple[ConnectorConfig, ...]:
@@ -24,7 +137,8 @@ def default_connectors(hardware: HardwareConfig) -> tuple[ConnectorConfig, ...]:
 class Panel:
     """One relay per connector + shared green/red LED and buzzer.
 
-    Every relay starts open and is opened again on close.
+    Every relay starts open and is opened again on close. The LEDs show one `Indication`
+    (`show`); a refused card flashes REFUSED over it for `refused_s` (`signal`).
     """
 
     def __init__(
@@ -32,6 +146,7 @@ class Panel:
         hardware: HardwareConfig,
         connectors: Sequence[ConnectorConfig] = (),
         pin_factory: Any = None,
+        refused_s: float = REFUSED_S,
     ) -> None:
         connectors = tuple(connectors) or default_connectors(hardware)
         ids = [c.id for c in connectors]
@@ -47,8 +162,12 @@ class Panel:
         try:
             # Relays first: they are driven low before any other pin is claimed.
             for connector in connectors:
+                # Claimed straight at the open level (active-low boards: high).
                 relay = OutputDevice(
-                    connector.relay_pin, initial_value=False, pin_factory=pin_factory
+                    connector.relay_pin,
+                    active_high=hardware.relay_active_high,
+                    initial_value=False,
+                    pin_factory=pin_factory,
                 )
                 claimed.append(relay)
                 self._relays[connector.id] = relay
@@ -64,6 +183,11 @@ class Panel:
                     device.close()
             raise DeviceError(f"cannot set up GPIO: {err}") from err
         self._closed = False
+        self._refused_s = refused_s
+        # The LEDs are driven from the loop and from the flash timer's thread.
+        self._lights = threading.Lock()
+        self._indication = Indication.UNAVAILABLE  # until the kiosk says otherwise
+        self._flash: threading.Timer | None = None
 
     @classmethod
     def simulated(
@@ -130,30 +254,52 @@ class Panel:
         except KeyError:
             raise KeyError(f"no relay for connector {connector_id}") from None
 
-    def show(self, status: ConnectorStatus) -> None:
-        """Steady LED pattern for the connector status."""
-        self._green.off()
-        self._red.off()
-        if status is ConnectorStatus.CHARGING:
-            self._green.on()
-        elif status in (ConnectorStatus.PREPARING, ConnectorStatus.FINISHING):
-            self._green.blink(on_time=0.5, off_time=0.5)
-        elif status is ConnectorStatus.FAULTED:
-            self._red.blink(on_time=0.5, off_time=0.5)
+    @property
+    def indication(self) -> Indication:
+        """The state the LEDs show (under a REFUSED flash, if one is running)."""
+        return self._indication
 
-    def signal(self, feedback: Feedback) -> None:
+    def show(self, indication: Indication, /) -> None:
+        """Show the kiosk's state on the LEDs, at once (or when a flash ends)."""
+        with self._lights:
+            self._indication = indication
+            if self._flash is None and not self._closed:
+                self._light(PATTERNS[indication])
+
+    def signal(self, feedback: Feedback, /) -> None:
         """Short feedback for the driver, within a blink of the tap."""
-        if feedback is Feedback.READING:
-            self._buzzer.beep(on_time=0.05, off_time=0.05, n=1)
-        elif feedback is Feedback.ACCEPTED:
-            self._buzzer.beep(on_time=0.2, off_time=0.1, n=1)
-        elif feedback is Feedback.STOPPED:
-            self._buzzer.beep(on_time=0.15, off_time=0.1, n=2)
-        elif feedback is Feedback.REJECTED:
-            self._red.blink(on_time=1.5, off_time=0.1, n=1)
-            self._buzzer.beep(on_time=0.1, off_time=0.1, n=3)
-        elif feedback is Feedback.FAULT:
-            self._buzzer.beep(on_time=1.0, off_time=0.1, n=1)
+        beeps = BEEPS[feedback]
+        self._buzzer.beep(on_time=beeps.on_s, off_time=beeps.off_s, n=beeps.count)
+        if feedback is Feedback.REJECTED:
+            self._flash_refused()
+
+    def _flash_refused(self) -> None:
+        with self._lights:
+            if self._closed:
+                return
+            if self._flash is not None:
+                self._flash.cancel()
+            self._light(PATTERNS[Indication.REFUSED])
+            timer = threading.Timer(self._refused_s, lambda: self._end_flash(timer))
+            timer.daemon = True  # never keeps the process alive
+            self._flash = timer
+            timer.start()
+
+    def _end_flash(self, timer: threading.Timer) -> None:
+        with self._lights:
+            if self._flash is not timer or self._closed:
+                return  # superseded by a newer flash, or the panel is gone
+            self._flash = None
+            self._light(PATTERNS[self._indication])
+
+    def _light(self, pattern: LedPattern) -> None:
+        for led, light in ((self._green, pattern.green), (self._red, pattern.red)):
+            if light.on_s <= 0:
+                led.off()
+            elif light.off_s <= 0:
+                led.on()
+            else:
+                led.blink(on_time=light.on_s, off_time=light.off_s)
 
     @property
     def leds(self) -> dict[str, bool]:
@@ -165,9 +311,12 @@ class Panel:
 
     def close(self) -> None:
         """Open every relay, then release every pin; safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._lights:
+            if self._closed:
+                return
+            self._closed = True
+            if self._flash is not None:
+                self._flash.cancel()
         failures: list[Exception] = []
         # All relays are opened before any pin is released, and one relay that
         # fails to open does not keep the others energised.
@@ -204,8 +353,8 @@ class ConnectorPanel:
     def set_relay(self, closed: bool) -> None:
         self._panel.set_relay(self._connector_id, closed)
 
-    def show(self, status: ConnectorStatus) -> None:
-        self._panel.show(status)
+    def show(self, indication: Indication, /) -> None:
+        self._panel.show(indication)
 
-    def signal(self, feedback: Feedback) -> None:
+    def signal(self, feedback: Feedback, /) -> None:
         self._panel.signal(feedback)

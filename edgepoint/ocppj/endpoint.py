@@ -54,6 +54,8 @@ class Reply:
 
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[Reply]]
+# Runs before the schema check; raises Refusal to answer without validating.
+Precheck = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
 class Priority(IntEnum):
@@ -122,12 +124,18 @@ class Endpoint:
         name: str,
         logger: logging.Logger,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        throttled: ThrottledLog | None = None,
+        precheck: Precheck | None = None,
     ) -> None:
         self._transport = transport
         self._handler = handler
+        # Cheap checks that must come before the schema check (its cost grows with the
+        # payload): e.g. refusing 40,000 sampled values without validating them all.
+        self._precheck = precheck
         self.name = name
         self._log = logger
-        self._throttled = ThrottledLog(logger)
+        # A peer's own throttle, when it must outlive this connection (see ChargerLogs).
+        self._throttled = throttled or ThrottledLog(logger)
         self._new_id = new_id
         self._slot = CallSlot()
         # The future gets the reply frame; call() turns it into a result or an error,
@@ -252,6 +260,8 @@ class Endpoint:
     async def _answer(self, call: frames.Call) -> None:
         action = call.action
         try:
+            if self._precheck is not None:
+                await self._precheck(action, call.payload)
             check_request(action, call.payload)
             reply = await self._handler(action, call.payload)
             bad = response_problem(action, reply.payload)

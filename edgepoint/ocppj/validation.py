@@ -58,7 +58,10 @@ def parse_datetime(text: str) -> datetime:
     offset = match.group(8).upper()
     normal = f"{text[:10]}T{text[11:19]}{fraction}{'+00:00' if offset == 'Z' else offset}"
     moment = datetime.fromisoformat(normal)  # raises for month 13, hour 25, ...
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError as err:  # 9999-12-31T23:59:59-01:00 is past year 9999 in UTC
+        raise ValueError(f"date-time out of range: {text[:40]!r}") from err
 
 
 _formats = FormatChecker(formats=())
@@ -113,10 +116,48 @@ def _validator(message_type: int, action: str) -> Any:
 def _first_error(message_type: int, action: str, payload: dict[str, Any]) -> Refusal | None:
     error = next(iter(_validator(message_type, action).iter_errors(payload)), None)
     if error is None:
-        return None
+        return _lone_surrogate(payload)
     location = "/".join(str(part) for part in error.absolute_path) or "(payload)"
     code = _CODES.get(str(error.validator), ErrorCode.FORMATION_VIOLATION)
     return Refusal(code, f"{location}: {_rule(error)}"[:200])
+
+
+def _lone_surrogate(payload: dict[str, Any]) -> Refusal | None:
+    """TypeConstraintViolation for a string holding a lone surrogate ("\\ud800" is a valid
+    JSON escape but no character): it is not text, and storing or logging it fails."""
+    stack: list[Any] = [payload]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str) and not value.isascii() and not _is_text(value):
+            where = _location_of(payload, value)
+            return Refusal(ErrorCode.TYPE_CONSTRAINT_VIOLATION, f"{where}: not Unicode text")
+    return None
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _location_of(payload: dict[str, Any], target: str) -> str:
+    """Where `target` (that very object) sits in `payload`, as a/0/b."""
+    stack: list[tuple[Any, str]] = [(payload, "")]
+    while stack:
+        value, location = stack.pop()
+        if value is target:
+            return location.lstrip("/")[:120] or "(payload)"
+        if isinstance(value, dict):
+            stack.extend((child, f"{location}/{key}") for key, child in value.items())
+        elif isinstance(value, list):
+            stack.extend((child, f"{location}/{index}") for index, child in enumerate(value))
+    return "(payload)"
 
 
 def _rule(error: ValidationError) -> str:

@@ -16,6 +16,7 @@ from ocpp.charge_point import snake_to_camel_case
 from edgepoint.charging.events import IdTag, SessionId
 from edgepoint.clock import iso_utc
 from edgepoint.storage.auth_lists import AUTH_LISTS_SCHEMA
+from edgepoint.storage.cloud_schema import CLOUD_SCHEMA
 from edgepoint.storage.settings import SETTINGS_SCHEMA
 from edgepoint.storage.sqlite import Database
 
@@ -84,6 +85,8 @@ MIGRATIONS = [
     AUTH_LISTS_SCHEMA,
     # 4: configuration keys the CSMS changed, with the config.toml value they overrode.
     SETTINGS_SCHEMA,
+    # 5: the fleet's view: what Firebase and the signed ledger still have to receive.
+    CLOUD_SCHEMA,
 ]
 
 TRANSACTION_ACTIONS = frozenset({"StartTransaction", "MeterValues", "StopTransaction"})

@@ -103,8 +103,22 @@ async def _user_version(db: aiosqlite.Connection) -> int:
 
 
 def split_statements(script: str) -> list[str]:
-    """Split a migration script into statements (our migrations hold no ';' in literals)."""
-    return [s.strip() for s in script.split(";") if s.strip()]
+    """Split a migration script into statements (our migrations hold no ';' in literals).
+
+    A piece ends a statement only once SQLite calls it complete, so a trigger's
+    `BEGIN ...; ...; END` body stays one statement.
+    """
+    statements: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \t\r\n;"):
+                statements.append(pending.strip().removesuffix(";").strip())
+            pending = ""
+    if pending.strip(" \t\r\n;"):
+        statements.append(pending.strip().removesuffix(";").strip())
+    return statements
 
 
 class Database:

@@ -71,7 +71,9 @@ class SqliteWorker:
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         loop = asyncio.get_running_loop()
         worker._thread = threading.Thread(
-            target=worker._run, args=(migrations, ready, loop), name=f"sqlite {path.name}",
+            target=worker._run,
+            args=(migrations, ready, loop),
+            name=f"sqlite {path.name}",
             daemon=True,
         )
         worker._thread.start()

@@ -14,6 +14,9 @@ from support.scripted_csms import ScriptedCsms
 
 from edgepoint.control.client import request
 
+# Empty polls in a row that make a card away for longer than removal_s (0.2 s / 0.05 s).
+EMPTY_PROBES = 6
+
 
 class Kiosk:
     """The daemon under test, seen through its control socket."""
@@ -30,23 +33,26 @@ class Kiosk:
         await request(self.daemon.socket, "tap", uid=uid)
 
     async def present(self, card: str) -> float:
-        """Tap `card` like a driver and return when it left the field; returns the tap moment.
+        """Tap `card` like a driver and return once it is away long enough to tap again;
+        returns the moment of the tap.
 
-        A card that never left the field is one presentation, so a second tap of the same
-        card must wait for the first to go. While a card is in the field every poll reads
-        it, so a poll without a read after the card was seen means the field emptied.
+        A card that never left the field is one presentation (the reader's debounce), so
+        the same card can tap again only after it was away `rfid.removal_s` (0.2 s in the
+        test config): the reader has then polled the empty field several times in a row.
         """
         before = (await self.status())["rfid"]["published"]
         tapped_at = time.monotonic()
         await self.tap(card)
-        seen = await self.wait_for(
-            "the reader to see the card", lambda s: s["rfid"]["published"] > before
-        )
-        empty_polls = seen["rfid"]["polls"] - seen["rfid"]["reads"]
-        await self.wait_for(
-            "the card to leave the field",
-            lambda s: s["rfid"]["polls"] - s["rfid"]["reads"] > empty_polls,
-        )
+        await self.wait_for("the reader to see the card", lambda s: s["rfid"]["published"] > before)
+        last: dict[str, int] = {}
+
+        def away(status: dict[str, Any]) -> bool:
+            rfid = status["rfid"]
+            if rfid["reads"] != last.get("reads"):
+                last.update(reads=rfid["reads"], probes=rfid["probes"])  # still in the field
+            return bool(rfid["probes"] - last["probes"] >= EMPTY_PROBES)
+
+        await self.wait_for("the card to be away", away)
         return tapped_at
 
     async def wait_for(

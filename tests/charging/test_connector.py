@@ -28,13 +28,15 @@ from edgepoint.charging.events import (
     AuthorizationStatus,
     AvailabilityRequested,
     Event,
+    Fault,
+    FaultCleared,
+    FaultRaised,
     IdTag,
     RemoteStartRequested,
     SessionId,
     SessionInvalidated,
     StopReason,
     StopRequested,
-    TelemetryLost,
     TelemetrySample,
     TokenPresented,
 )
@@ -76,7 +78,7 @@ def in_phase(phase: Phase, interval: float = 10.0) -> Connector:
             AuthorizationResolved(ALICE, ACCEPTED),
             TokenPresented(ALICE),
         ],
-        Phase.FAULTED: [TelemetryLost()],
+        Phase.FAULTED: [FaultRaised(Fault.TELEMETRY_LOST)],
         Phase.UNAVAILABLE: [AvailabilityRequested(operative=False)],
     }
     assert c.handle(sample(1, 1000), 0.0).accepted
@@ -103,7 +105,9 @@ EVENTS: dict[str, Event] = {
     "tap-bob": TokenPresented(BOB),
     "sample": LATE,
     "verdict": AuthorizationResolved(ALICE, ACCEPTED),
-    "lost": TelemetryLost(),
+    "lost": FaultRaised(Fault.TELEMETRY_LOST),
+    "hot": FaultRaised(Fault.OVER_TEMPERATURE),
+    "lost-cleared": FaultCleared(Fault.TELEMETRY_LOST),
     "stop": StopRequested(StopReason.REMOTE),
     "stop-now": StopRequested(StopReason.REBOOT, immediate=True),
     "remote-start": RemoteStartRequested(ALICE, authorize=False),
@@ -139,20 +143,30 @@ BEGIN_STOP = (
     ReportStatus(ConnectorStatus.FINISHING),
     Signal(Feedback.STOPPED),
 )
-FAULT_IDLE = (
-    SetRelay(closed=False),
-    ReportStatus(ConnectorStatus.FAULTED, "OtherError"),
-    Signal(Feedback.FAULT),
-)
+METER = "PowerMeterFailure"
+HOT = "HighTemperature"
+
+
+def fault_idle(code: str = METER) -> tuple[Action, ...]:
+    return (
+        SetRelay(closed=False),
+        ReportStatus(ConnectorStatus.FAULTED, code),
+        Signal(Feedback.FAULT),
+    )
+
+
+FAULT_IDLE = fault_idle()
 BACK_AVAILABLE = ReportStatus(ConnectorStatus.AVAILABLE)
 BEEP_NO = (Signal(Feedback.REJECTED),)
 
 
-def fault_in_session(id_tag: IdTag | None, reason: StopReason) -> tuple[Action, ...]:
+def fault_in_session(
+    id_tag: IdTag | None, reason: StopReason, code: str = METER
+) -> tuple[Action, ...]:
     return (
         SetRelay(closed=False),
         EndSession(S1, id_tag, 1000, reason),
-        ReportStatus(ConnectorStatus.FAULTED, "OtherError"),
+        ReportStatus(ConnectorStatus.FAULTED, code),
         Signal(Feedback.FAULT),
     )
 
@@ -169,6 +183,7 @@ CELLS: dict[tuple[Phase, str], Cell] = {
     ),
     (P.AVAILABLE, "sample"): Cell(True, (), P.AVAILABLE),
     (P.AVAILABLE, "lost"): Cell(True, FAULT_IDLE, P.FAULTED),
+    (P.AVAILABLE, "hot"): Cell(True, fault_idle(HOT), P.FAULTED),
     (P.AVAILABLE, "remote-start"): Cell(True, START_S1, P.CHARGING),
     (P.AVAILABLE, "remote-start-auth"): Cell(True, (RequestAuthorization(ALICE),), P.AUTHORIZING),
     (P.AVAILABLE, "inoperative"): Cell(
@@ -181,6 +196,7 @@ CELLS: dict[tuple[Phase, str], Cell] = {
     (P.AUTHORIZING, "sample"): Cell(True, (), P.AUTHORIZING),
     (P.AUTHORIZING, "verdict"): Cell(True, START_S1, P.CHARGING),
     (P.AUTHORIZING, "lost"): Cell(True, FAULT_IDLE, P.FAULTED),
+    (P.AUTHORIZING, "hot"): Cell(True, fault_idle(HOT), P.FAULTED),
     (P.AUTHORIZING, "stop"): Cell(True, (), P.AVAILABLE),
     (P.AUTHORIZING, "stop-now"): Cell(True, (), P.AVAILABLE),
     (P.AUTHORIZING, "inoperative"): Cell(
@@ -193,6 +209,9 @@ CELLS: dict[tuple[Phase, str], Cell] = {
     (P.CHARGING, "tap-bob"): Cell(False, BEEP_NO, P.CHARGING, reason="not the card"),
     (P.CHARGING, "sample"): Cell(True, (RecordMeterValues(S1, LATE),), P.CHARGING),
     (P.CHARGING, "lost"): Cell(True, fault_in_session(None, StopReason.OTHER), P.FAULTED),
+    (P.CHARGING, "hot"): Cell(
+        True, fault_in_session(None, StopReason.EMERGENCY_STOP, HOT), P.FAULTED
+    ),
     (P.CHARGING, "stop"): Cell(True, BEGIN_STOP, P.FINISHING),
     (P.CHARGING, "stop-now"): Cell(
         True,
@@ -214,6 +233,9 @@ CELLS: dict[tuple[Phase, str], Cell] = {
     (P.SUSPENDED, "tap-bob"): Cell(False, BEEP_NO, P.SUSPENDED, reason="not the card"),
     (P.SUSPENDED, "sample"): Cell(True, (RecordMeterValues(S1, LATE),), P.SUSPENDED),
     (P.SUSPENDED, "lost"): Cell(True, fault_in_session(None, StopReason.OTHER), P.FAULTED),
+    (P.SUSPENDED, "hot"): Cell(
+        True, fault_in_session(None, StopReason.EMERGENCY_STOP, HOT), P.FAULTED
+    ),
     (P.SUSPENDED, "stop"): Cell(True, BEGIN_STOP, P.FINISHING),
     (P.SUSPENDED, "stop-now"): Cell(
         True,
@@ -228,7 +250,9 @@ CELLS: dict[tuple[Phase, str], Cell] = {
     (P.FINISHING, "sample"): Cell(
         True, (EndSession(S1, ALICE, 2000, StopReason.LOCAL), BACK_AVAILABLE), P.AVAILABLE
     ),
+    # The driver's stop stays the reason: the session was already ending.
     (P.FINISHING, "lost"): Cell(True, fault_in_session(ALICE, StopReason.LOCAL), P.FAULTED),
+    (P.FINISHING, "hot"): Cell(True, fault_in_session(ALICE, StopReason.LOCAL, HOT), P.FAULTED),
     (P.FINISHING, "stop"): Cell(False, (), P.FINISHING, reason="already finishing"),
     (P.FINISHING, "stop-now"): Cell(
         True, (EndSession(S1, ALICE, 1000, StopReason.LOCAL), BACK_AVAILABLE), P.AVAILABLE
@@ -238,7 +262,12 @@ CELLS: dict[tuple[Phase, str], Cell] = {
     # FAULTED
     (P.FAULTED, "tap-alice"): Cell(False, (Signal(Feedback.FAULT),), P.FAULTED, reason="Faulted"),
     (P.FAULTED, "tap-bob"): Cell(False, (Signal(Feedback.FAULT),), P.FAULTED, reason="Faulted"),
-    (P.FAULTED, "sample"): Cell(True, (BACK_AVAILABLE,), P.AVAILABLE),
+    # A sample is watched only: the interlocks decide when the fault clears.
+    (P.FAULTED, "sample"): Cell(True, (), P.FAULTED),
+    (P.FAULTED, "lost"): Cell(False, (), P.FAULTED, reason="already raised"),
+    # A more severe second fault: the CSMS learns the new errorCode, nothing else moves.
+    (P.FAULTED, "hot"): Cell(True, (ReportStatus(ConnectorStatus.FAULTED, HOT),), P.FAULTED),
+    (P.FAULTED, "lost-cleared"): Cell(True, (BACK_AVAILABLE,), P.AVAILABLE, reason="cleared"),
     (P.FAULTED, "inoperative"): Cell(True, (), P.FAULTED, reason="fault clears"),
     (P.FAULTED, "operative"): Cell(True, (), P.FAULTED, reason="fault clears"),
     # UNAVAILABLE
@@ -246,6 +275,7 @@ CELLS: dict[tuple[Phase, str], Cell] = {
     (P.UNAVAILABLE, "tap-bob"): Cell(False, BEEP_NO, P.UNAVAILABLE, reason="Unavailable"),
     (P.UNAVAILABLE, "sample"): Cell(True, (), P.UNAVAILABLE),
     (P.UNAVAILABLE, "lost"): Cell(True, FAULT_IDLE, P.FAULTED),
+    (P.UNAVAILABLE, "hot"): Cell(True, fault_idle(HOT), P.FAULTED),
     (P.UNAVAILABLE, "inoperative"): Cell(True, (), P.UNAVAILABLE),
     (P.UNAVAILABLE, "operative"): Cell(True, (BACK_AVAILABLE,), P.AVAILABLE),
 }
@@ -512,9 +542,9 @@ def test_operative_again_clears_the_scheduled_change() -> None:
 def test_scheduled_inoperative_survives_a_fault_and_applies_on_recovery() -> None:
     c = in_phase(Phase.CHARGING)
     c.handle(AvailabilityRequested(operative=False), 10.0)
-    c.handle(TelemetryLost(), 11.0)
+    c.handle(FaultRaised(Fault.TELEMETRY_LOST), 11.0)
     assert c.phase is Phase.FAULTED
-    out = c.handle(sample(2, 1100), 12.0)
+    out = c.handle(FaultCleared(Fault.TELEMETRY_LOST), 12.0)
     assert out.actions == (ReportStatus(ConnectorStatus.UNAVAILABLE),)
     assert c.phase is Phase.UNAVAILABLE
 
@@ -534,7 +564,7 @@ def test_availability_while_faulted_applies_on_recovery(
     out = c.handle(AvailabilityRequested(operative=operative), 2.0)
     assert out.accepted and not out.scheduled and out.actions == ()
     assert c.phase is Phase.FAULTED and c.status is ConnectorStatus.FAULTED
-    assert c.handle(sample(2, 1000), 3.0).actions == (ReportStatus(status),)
+    assert c.handle(FaultCleared(Fault.TELEMETRY_LOST), 3.0).actions == (ReportStatus(status),)
     assert c.phase is phase
 
 
@@ -687,14 +717,15 @@ def test_relay_closes_only_when_entering_charging(phase: Phase, label: str) -> N
 
 @pytest.mark.parametrize("seed", range(40))
 def test_random_walks_keep_the_invariants(seed: int) -> None:
-    """Relay closed iff CHARGING; a session iff a session phase; a pending card iff AUTHORIZING."""
+    """Relay closed iff CHARGING; a session iff a session phase; a pending card iff
+    AUTHORIZING; a fault iff FAULTED."""
     rng = random.Random(seed)
     c = new_connector(interval=rng.choice([0.0, 5.0, math.inf]))
     relay = relay_closed_after(c.start(), before=True)
     energy = 1000
     floor = 0  # what the running session's meterStop may not go below
     now = 0.0
-    events = list(EVENTS.values())
+    events = [*EVENTS.values(), *(FaultRaised(f) for f in Fault), *(FaultCleared(f) for f in Fault)]
     for step in range(300):
         now += rng.random() * 3
         if rng.random() < 0.4:
@@ -712,6 +743,7 @@ def test_random_walks_keep_the_invariants(seed: int) -> None:
             c.phase in (Phase.CHARGING, Phase.SUSPENDED, Phase.FINISHING)
         )
         assert (c.pending_tag is not None) is (c.phase is Phase.AUTHORIZING)
+        assert bool(c.faults) is (c.phase is Phase.FAULTED)
         for action in out.actions:
             if isinstance(action, BeginSession):
                 floor = action.meter_start_wh
@@ -743,7 +775,7 @@ def test_register_dropping_mid_session_keeps_the_energy_already_seen() -> None:
 
 @pytest.mark.parametrize(
     "ending",
-    [StopRequested(StopReason.REBOOT, immediate=True), TelemetryLost()],
+    [StopRequested(StopReason.REBOOT, immediate=True), FaultRaised(Fault.TELEMETRY_LOST)],
     ids=["immediate-stop", "telemetry-lost"],
 )
 def test_peak_is_kept_when_the_session_ends_without_a_final_sample(ending: Event) -> None:
@@ -823,30 +855,36 @@ def test_interval_changed_at_runtime_takes_effect() -> None:
 def test_lost_telemetry_while_charging_opens_relay_and_closes_session() -> None:
     c = in_phase(Phase.CHARGING)
     c.handle(sample(2, 1300), 3.0)
-    out = c.handle(TelemetryLost(), 20.0)
+    out = c.handle(FaultRaised(Fault.TELEMETRY_LOST), 20.0)
     assert out.actions == (
         SetRelay(closed=False),
         EndSession(S1, None, 1300, StopReason.OTHER),
-        ReportStatus(ConnectorStatus.FAULTED, "OtherError"),
+        ReportStatus(ConnectorStatus.FAULTED, METER),
         Signal(Feedback.FAULT),
     )
     assert c.phase is Phase.FAULTED and c.session is None
 
 
-def test_faulted_refuses_cards_and_recovers_on_telemetry() -> None:
+def test_faulted_refuses_cards_until_the_fault_clears() -> None:
     c = in_phase(Phase.FAULTED)
     out = c.handle(TokenPresented(ALICE), 1.0)
     assert not out.accepted and out.actions == (Signal(Feedback.FAULT),)
-    out = c.handle(sample(1, 1000), 2.0)
+    # Telemetry flowing again is not enough: the interlocks clear the fault (hysteresis).
+    assert c.handle(sample(1, 1000), 2.0).actions == ()
+    assert c.phase is Phase.FAULTED
+    out = c.handle(FaultCleared(Fault.TELEMETRY_LOST), 3.0)
     assert out.actions == (BACK_AVAILABLE,)
-    assert c.phase is Phase.AVAILABLE
+    assert c.phase is Phase.AVAILABLE and c.faults == frozenset()
+    assert c.handle(TokenPresented(ALICE), 4.0).accepted
 
 
 def test_unavailable_connector_faults_and_recovers_unavailable() -> None:
     c = in_phase(Phase.UNAVAILABLE)
-    c.handle(TelemetryLost(), 2.0)
+    c.handle(FaultRaised(Fault.TELEMETRY_LOST), 2.0)
     assert c.phase is Phase.FAULTED
-    assert c.handle(sample(2, 1000), 3.0).actions == (ReportStatus(ConnectorStatus.UNAVAILABLE),)
+    assert c.handle(FaultCleared(Fault.TELEMETRY_LOST), 3.0).actions == (
+        ReportStatus(ConnectorStatus.UNAVAILABLE),
+    )
     assert c.phase is Phase.UNAVAILABLE
 
 
@@ -876,11 +914,11 @@ def test_resumed_session_never_stops_below_its_last_reported_reading() -> None:
 def test_resumed_session_whose_telemetry_never_comes_closes_on_loss() -> None:
     resume = ActiveSession(SessionId("old"), ALICE, 900, last_reading_wh=1000)
     c = Connector(lambda: SessionId("new"), 10.0, resume=resume)
-    out = c.handle(TelemetryLost(), 5.0)
+    out = c.handle(FaultRaised(Fault.TELEMETRY_LOST), 5.0)
     assert out.actions == (
         SetRelay(closed=False),
         EndSession(SessionId("old"), None, 1000, StopReason.POWER_LOSS),
-        ReportStatus(ConnectorStatus.FAULTED, "OtherError"),
+        ReportStatus(ConnectorStatus.FAULTED, METER),
         Signal(Feedback.FAULT),
     )
 
@@ -890,3 +928,103 @@ def test_resumed_session_refuses_a_tap_until_closed() -> None:
     c = Connector(lambda: SessionId("new"), 10.0, resume=resume)
     assert c.handle(TokenPresented(ALICE), 0.1).actions == BEEP_NO
     assert c.phase is Phase.FINISHING
+
+
+# -- interlocks: faults raised and cleared -------------------------------------------
+
+REASONS = {
+    Fault.OVER_CURRENT: (StopReason.EMERGENCY_STOP, "OverCurrentFailure"),
+    Fault.RELAY_MISMATCH: (StopReason.EMERGENCY_STOP, "PowerSwitchFailure"),
+    Fault.OVER_TEMPERATURE: (StopReason.EMERGENCY_STOP, "HighTemperature"),
+    Fault.OVER_VOLTAGE: (StopReason.EMERGENCY_STOP, "OverVoltage"),
+    Fault.UNDER_VOLTAGE: (StopReason.POWER_LOSS, "UnderVoltage"),
+    Fault.TELEMETRY_LOST: (StopReason.OTHER, "PowerMeterFailure"),
+    Fault.REGISTER_BACKWARDS: (StopReason.OTHER, "PowerMeterFailure"),
+    Fault.READER_FAILED: (StopReason.OTHER, "ReaderFailure"),
+    Fault.STORAGE_FAILED: (StopReason.OTHER, "InternalError"),
+    Fault.LOOP_STALLED: (StopReason.OTHER, "InternalError"),
+}
+
+
+def test_every_fault_has_a_stop_reason_and_an_error_code() -> None:
+    assert set(REASONS) == set(Fault)
+
+
+@pytest.mark.parametrize("fault", list(Fault))
+def test_each_fault_while_charging_ends_the_session_with_its_reason_and_code(
+    fault: Fault,
+) -> None:
+    c = in_phase(Phase.CHARGING)
+    c.handle(sample(2, 1250), 2.0)
+    out = c.handle(FaultRaised(fault), 3.0)
+    reason, code = REASONS[fault]
+    assert out.accepted and fault in out.reason
+    # Relay first, then the session's end with the last reading, then the status.
+    assert out.actions == (
+        SetRelay(closed=False),
+        EndSession(S1, None, 1250, reason),
+        ReportStatus(ConnectorStatus.FAULTED, code),
+        Signal(Feedback.FAULT),
+    )
+    assert c.phase is Phase.FAULTED and c.faults == {fault} and c.error_code == code
+    out = c.handle(FaultCleared(fault), 4.0)
+    assert out.actions == (BACK_AVAILABLE,)
+    assert c.phase is Phase.AVAILABLE and c.error_code == "NoError"
+
+
+def test_the_most_severe_fault_names_the_error_code_until_it_clears() -> None:
+    c = in_phase(Phase.AVAILABLE)
+    assert c.handle(FaultRaised(Fault.READER_FAILED), 1.0).actions == fault_idle("ReaderFailure")
+    # More severe: the CSMS hears of it.
+    out = c.handle(FaultRaised(Fault.OVER_CURRENT), 2.0)
+    assert out.actions == (ReportStatus(ConnectorStatus.FAULTED, "OverCurrentFailure"),)
+    # Less severe than what is shown: nothing new to say.
+    out = c.handle(FaultRaised(Fault.TELEMETRY_LOST), 3.0)
+    assert out.accepted and out.actions == ()
+    assert c.faults == {Fault.READER_FAILED, Fault.OVER_CURRENT, Fault.TELEMETRY_LOST}
+    # A less severe one clears: still over-current, nothing said.
+    assert c.handle(FaultCleared(Fault.READER_FAILED), 4.0).actions == ()
+    # The shown one clears: the next most severe is reported.
+    out = c.handle(FaultCleared(Fault.OVER_CURRENT), 5.0)
+    assert out.actions == (ReportStatus(ConnectorStatus.FAULTED, "PowerMeterFailure"),)
+    assert c.phase is Phase.FAULTED
+    assert c.handle(FaultCleared(Fault.TELEMETRY_LOST), 6.0).actions == (BACK_AVAILABLE,)
+
+
+def test_a_fault_twice_or_a_clear_of_what_is_not_raised_is_rejected() -> None:
+    c = in_phase(Phase.FAULTED)  # telemetry lost
+    again = c.handle(FaultRaised(Fault.TELEMETRY_LOST), 1.0)
+    assert not again.accepted and again.actions == () and "already" in again.reason
+    stray = c.handle(FaultCleared(Fault.OVER_CURRENT), 2.0)
+    assert not stray.accepted and stray.actions == () and "not raised" in stray.reason
+    assert c.phase is Phase.FAULTED and c.faults == {Fault.TELEMETRY_LOST}
+
+
+def test_a_fault_while_authorizing_forgets_the_card_and_its_late_verdict() -> None:
+    c = in_phase(Phase.AUTHORIZING)
+    c.handle(FaultRaised(Fault.OVER_TEMPERATURE), 2.0)
+    assert c.pending_tag is None and c.phase is Phase.FAULTED
+    late = c.handle(AuthorizationResolved(ALICE, ACCEPTED), 2.5)
+    assert not late.accepted and late.actions == () and c.session is None
+    c.handle(FaultCleared(Fault.OVER_TEMPERATURE), 3.0)
+    # Nothing left of the old tap: the same card is a fresh tap.
+    assert c.handle(TokenPresented(ALICE), 4.0).actions == (
+        Signal(Feedback.READING),
+        RequestAuthorization(ALICE),
+    )
+
+
+def test_remote_start_is_refused_while_faulted() -> None:
+    c = in_phase(Phase.FAULTED)
+    out = c.handle(RemoteStartRequested(ALICE, authorize=False), 1.0)
+    assert not out.accepted and SetRelay(closed=True) not in out.actions
+
+
+def test_a_fault_while_finishing_ends_with_the_final_reading_it_has() -> None:
+    c = in_phase(Phase.CHARGING)
+    c.handle(sample(2, 1300), 2.0)
+    c.handle(StopRequested(StopReason.REMOTE), 3.0)
+    out = c.handle(FaultRaised(Fault.OVER_CURRENT), 3.2)
+    # The remote stop came first and stays the reason.
+    assert EndSession(S1, None, 1300, StopReason.REMOTE) in out.actions
+    assert c.phase is Phase.FAULTED

@@ -55,9 +55,22 @@ async def test_migrations_from_scratch_and_reopen_is_a_noop(
     async with open_csms_store(path, clock) as first:
         await first.cards.add("CARD1", "Alice")
     version, objects = schema(path)
-    assert version == len(MIGRATIONS) == 1
+    assert version == len(MIGRATIONS) == 4
     tables = {name for kind, name in objects if kind == "table"}
-    assert tables == {"charge_points", "connectors", "id_tags", "transactions", "meter_values"}
+    assert tables == {
+        "charge_points",
+        "connectors",
+        "id_tags",
+        "transactions",
+        "meter_values",
+        "anomalies",
+        "connector_status_log",
+        "local_list_entries",
+        "local_list_meta",
+        "local_list_sent",
+        "load_limits",
+        "pending_charge_points",
+    }
     assert ("index", "meter_values_key") in objects
     assert ("index", "transactions_start_key") in objects
     assert path.stat().st_mode & 0o777 == 0o600
@@ -188,7 +201,7 @@ async def test_transactions_and_samples_are_idempotent(store: CsmsStore, clock: 
     assert record is not None and record.meter_stop == 900
     # Another charge point cannot stop this transaction.
     await store.charge_points.set_auth_key("CP-2", KEY)
-    assert await stop(ChargePointId("CP-2"), 1) is StopOutcome.UNKNOWN
+    assert await stop(ChargePointId("CP-2"), 1) is StopOutcome.FOREIGN
 
 
 async def test_older_connector_status_does_not_win(store: CsmsStore, clock: FakeClock) -> None:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
 
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPin
 
-from edgepoint.charging.actions import ConnectorStatus, Feedback
+from edgepoint.charging.actions import Feedback, Indication
 from edgepoint.config import ConnectorConfig, HardwareConfig
-from edgepoint.drivers.panel import Panel
+from edgepoint.drivers.panel import BEEPS, PATTERNS, Panel, force_relays_open, relay_off_levels
 from edgepoint.errors import DeviceError
 
 HARDWARE = HardwareConfig(
@@ -105,32 +108,129 @@ def test_close_opens_a_closed_relay(factory: MockFactory) -> None:
     again.close()
 
 
-def test_charging_lights_green_steadily(panel: Panel, factory: MockFactory) -> None:
+def test_available_lights_green_steadily(panel: Panel, factory: MockFactory) -> None:
     green, red = pin(factory, 27), pin(factory, 22)
-    panel.show(ConnectorStatus.CHARGING)
+    panel.show(Indication.AVAILABLE)
     assert green.state is True and red.state is False
     time.sleep(0.6)  # longer than a blink half-period
     assert green.state is True
     assert highs(green) == 1
     assert panel.leds == {"green": True, "red": False, "buzzer": False}
+    assert panel.indication is Indication.AVAILABLE
+
+
+def test_charging_breathes_green(panel: Panel, factory: MockFactory) -> None:
+    green, red = pin(factory, 27), pin(factory, 22)
+    panel.show(Indication.CHARGING)
+    assert eventually(lambda: highs(green) >= 2, timeout=3.5), green.states  # on, off, on
+    assert highs(red) == 0
 
 
 def test_faulted_blinks_red(panel: Panel, factory: MockFactory) -> None:
     green, red = pin(factory, 27), pin(factory, 22)
-    panel.show(ConnectorStatus.CHARGING)
-    panel.show(ConnectorStatus.FAULTED)
+    panel.show(Indication.CHARGING)
+    panel.show(Indication.FAULT)
     assert green.state is False
     assert eventually(lambda: highs(red) >= 2, timeout=2.5), red.states  # on, off, on
     assert green.state is False
 
 
-def test_available_turns_both_leds_off(panel: Panel, factory: MockFactory) -> None:
-    panel.show(ConnectorStatus.CHARGING)
-    panel.show(ConnectorStatus.FAULTED)
+def test_a_new_state_stops_a_blink_at_once(panel: Panel, factory: MockFactory) -> None:
+    panel.show(Indication.FAULT)
     assert eventually(lambda: pin(factory, 22).state is True)  # the blink starts lit ...
-    panel.show(ConnectorStatus.AVAILABLE)
+    panel.show(Indication.AVAILABLE)
     # ... and is stopped at once, well inside its 0.5 s on-time.
-    assert pin(factory, 27).state is False and pin(factory, 22).state is False
+    assert pin(factory, 27).state is True and pin(factory, 22).state is False
+    time.sleep(0.6)
+    assert pin(factory, 22).state is False
+
+
+def test_every_state_has_its_own_pattern() -> None:
+    assert set(PATTERNS) == set(Indication)
+    steady = {i: p for i, p in PATTERNS.items() if i is not Indication.REFUSED}
+    # Only the short REFUSED flash may look like another state (it never lasts).
+    assert len(set(steady.values())) == len(steady)
+    # Green only where a card may start a session, or one is running.
+    greens = {i for i, p in PATTERNS.items() if p.green.on_s > 0}
+    assert greens == {
+        Indication.AVAILABLE,
+        Indication.OFFLINE,
+        Indication.AUTHORIZING,
+        Indication.CHARGING,
+        Indication.SUSPENDED,
+        Indication.FINISHING,
+    }
+
+
+def test_offline_winks_red_over_steady_green(panel: Panel, factory: MockFactory) -> None:
+    green, red = pin(factory, 27), pin(factory, 22)
+    panel.show(Indication.OFFLINE)
+    assert green.state is True
+    assert eventually(lambda: highs(red) >= 1)
+    assert eventually(lambda: red.state is False)  # a wink, not a light
+    assert green.state is True and highs(green) == 1
+
+
+def test_authorizing_flickers_green(panel: Panel, factory: MockFactory) -> None:
+    panel.show(Indication.AUTHORIZING)
+    assert eventually(lambda: highs(pin(factory, 27)) >= 3, timeout=1.0)
+    assert highs(pin(factory, 22)) == 0
+
+
+def test_a_refused_card_shows_red_then_the_state_again(factory: MockFactory) -> None:
+    panel = Panel(HARDWARE, pin_factory=factory, refused_s=0.3)
+    try:
+        green, red = pin(factory, 27), pin(factory, 22)
+        panel.show(Indication.AVAILABLE)
+        panel.signal(Feedback.REJECTED)
+        assert red.state is True and green.state is False
+        # A state change during the flash waits for its end.
+        panel.show(Indication.OFFLINE)
+        assert red.state is True and green.state is False
+        assert eventually(lambda: green.state is True, timeout=1.0)
+        assert panel.indication is Indication.OFFLINE
+        assert eventually(lambda: red.state is False)  # OFFLINE's wink, not REFUSED
+    finally:
+        panel.close()
+
+
+def test_a_second_refusal_restarts_the_flash(factory: MockFactory) -> None:
+    panel = Panel(HARDWARE, pin_factory=factory, refused_s=0.4)
+    try:
+        panel.show(Indication.AVAILABLE)
+        panel.signal(Feedback.REJECTED)
+        time.sleep(0.25)
+        panel.signal(Feedback.REJECTED)
+        time.sleep(0.25)  # past the first flash's end, inside the second's
+        assert pin(factory, 22).state is True and pin(factory, 27).state is False
+        assert eventually(lambda: pin(factory, 27).state is True)
+    finally:
+        panel.close()
+
+
+def test_a_flash_never_lights_a_closed_panel(factory: MockFactory) -> None:
+    panel = Panel(HARDWARE, pin_factory=factory, refused_s=0.1)
+    panel.show(Indication.AVAILABLE)
+    panel.signal(Feedback.REJECTED)
+    panel.close()
+    time.sleep(0.3)
+    # Released pins: the timer did not claim them back to show AVAILABLE.
+    assert pin(factory, 27).function == "input"
+
+
+@pytest.mark.parametrize(
+    ("feedback", "beeps"), [(Feedback.ACCEPTED, 1), (Feedback.REJECTED, 3), (Feedback.STOPPED, 2)]
+)
+def test_buzzer_patterns_for_accepted_refused_and_stopped(
+    panel: Panel, factory: MockFactory, feedback: Feedback, beeps: int
+) -> None:
+    buzzer = pin(factory, HARDWARE.buzzer_pin)
+    panel.signal(feedback)
+    pattern = BEEPS[feedback]
+    assert eventually(lambda: highs(buzzer) == beeps and buzzer.state is False, timeout=3)
+    assert pattern.count == beeps
+    time.sleep(pattern.on_s + pattern.off_s)
+    assert highs(buzzer) == beeps  # and no more
 
 
 @pytest.mark.parametrize("feedback", list(Feedback))
@@ -202,7 +302,7 @@ def test_a_connector_view_behaves_like_a_one_relay_panel(
     assert multi.for_connector(1).relay_closed is False
     assert pin(factory, RELAY_PINS[2]).state is True
     assert pin(factory, RELAY_PINS[1]).state is False
-    second.show(ConnectorStatus.CHARGING)  # the LEDs are shared by all connectors
+    second.show(Indication.AVAILABLE)  # the LEDs are shared by all connectors
     assert pin(factory, 27).state is True
     with pytest.raises(KeyError):
         multi.for_connector(4)
@@ -247,3 +347,61 @@ def test_conflicting_connectors_fail_and_release_every_pin(
         Panel(HARDWARE, connectors, pin_factory=factory)
     # Nothing stays claimed: a correct panel can still be built on the same pins.
     Panel(HARDWARE, CONNECTORS, pin_factory=factory).close()
+
+
+# -- relay polarity and the relay-off command ------------------------------------------
+
+ACTIVE_LOW = replace(HARDWARE, relay_active_high=False)
+
+
+def test_an_active_low_relay_starts_high_and_closes_low(factory: MockFactory) -> None:
+    panel = Panel(ACTIVE_LOW, pin_factory=factory)
+    relay = pin(factory, HARDWARE.relay_pin)
+    # Claimed straight at the open (high) level: never driven low, not for a moment.
+    assert relay.function == "output" and relay.state is True
+    assert [s.state for s in relay.states[1:]] == [True]
+    assert panel.relay_closed is False
+    panel.set_relay(1, True)
+    assert relay.state is False and panel.is_relay_closed(1) is True
+    panel.close()
+    assert relay.states[-1].state is True
+
+
+@pytest.mark.parametrize(("hardware", "level"), [(HARDWARE, False), (ACTIVE_LOW, True)])
+def test_relay_off_drives_every_relay_pin_to_its_open_level(
+    factory: MockFactory, hardware: HardwareConfig, level: bool
+) -> None:
+    assert relay_off_levels(hardware, CONNECTORS) == dict.fromkeys(RELAY_PINS.values(), level)
+    done = force_relays_open(hardware, CONNECTORS, pin_factory=factory)
+    for number in RELAY_PINS.values():
+        relay = pin(factory, number)
+        # At the open level, and never at the other one on the way.
+        assert relay.state is level, number
+        assert all(s.state is level for s in relay.states[1:]), number
+        assert relay.function == "input", number  # released for the daemon's next start
+    assert len(done) == len(RELAY_PINS)
+    for number in SHARED_PINS:
+        assert pin(factory, number).function != "output"  # LEDs and buzzer untouched
+
+
+def test_relay_off_holds_the_level_with_pinctrl_where_there_is_one(factory: MockFactory) -> None:
+    ran: list[list[str]] = []
+
+    def run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+        ran.append(command)
+        return subprocess.CompletedProcess(command, 0, b"", b"")
+
+    done = force_relays_open(
+        ACTIVE_LOW, CONNECTORS, pin_factory=factory, pinctrl="/usr/bin/pinctrl", run=run
+    )
+    assert ran == [["/usr/bin/pinctrl", "set", str(n), "op", "dh"] for n in RELAY_PINS.values()]
+    assert any("held high by pinctrl" in line for line in done)
+
+
+def test_relay_off_on_a_pin_it_cannot_claim_fails_loudly(factory: MockFactory) -> None:
+    holder = Panel(HARDWARE, pin_factory=factory)  # the pin is still claimed
+    try:
+        with pytest.raises(DeviceError, match="relay pin 17"):
+            force_relays_open(HARDWARE, pin_factory=factory)
+    finally:
+        holder.close()

@@ -1,4 +1,4 @@
-"""ESP32 meter emulator: writes real telemetry frames into a pty master for simulation and tests."""
+"""ESP32 emulator on a pty master: telemetry frames out, the Pi's commands in, a watchdog."""
 
 from __future__ import annotations
 
@@ -9,16 +9,28 @@ import os
 import random
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgepoint.charging.events import TelemetrySample
+from edgepoint.drivers.telemetry.commands import (
+    CommandParser,
+    CurrentLimit,
+    LineError,
+    ReceivedCommand,
+    RelayState,
+    Verb,
+    WatchdogPing,
+)
 from edgepoint.drivers.telemetry.frames import (
     CHANNEL_KEY,
     DEFAULT_CHANNEL,
     MAX_CHANNEL,
     SEQ_MAX,
+    Ack,
+    encode_ack,
     encode_frame,
     next_seq,
 )
@@ -30,6 +42,13 @@ log = logging.getLogger(__name__)
 # the kernel buffers are lost. Past this much unsent output whole frames are
 # dropped instead of queueing without bound.
 DEFAULT_MAX_PENDING = 4096
+# While nobody holds the pty's slave open its master reads as EIO and polls as
+# hung up, so the emulator stops watching it and looks again this often.
+_INPUT_PROBE_S = 0.05
+# Extras the firmware adds to every frame of a channel (PROTOCOL.md, "Commands").
+RELAY_KEY = "rly"  # the relay contact as sensed: 1 closed, 0 open
+TRIP_KEY = "trip"  # 1 while the watchdog holds this channel's relay open
+LIMIT_KEY = "lim"  # the current limit in force, in A
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +64,7 @@ class MeterChannel:
 class _Meter:
     """The running state of one channel (the register and its sensors)."""
 
-    __slots__ = ("energy", "number", "relay_closed", "temperature")
+    __slots__ = ("energy", "forced", "number", "relay_closed", "temperature")
 
     def __init__(
         self, number: int, relay_closed: Callable[[], bool], energy: float, temperature: float
@@ -54,6 +73,7 @@ class _Meter:
         self.relay_closed = relay_closed
         self.energy = energy  # fractional Wh; frames carry the floor
         self.temperature = temperature
+        self.forced: dict[str, float] = {}  # reading name -> value reported instead
 
 
 class Esp32Emulator:
@@ -61,6 +81,13 @@ class Esp32Emulator:
 
     Either `relay_closed` (one meter, channel 1: the original single-connector
     form) or `channels` (one frame per channel per interval, ascending).
+
+    The firmware's own relay sits in series with each of the Pi's relays. With
+    `watchdog`, it behaves as the real firmware's: open from boot until the first
+    watchdog ping, open again (and latched open) once pings stop for the timeout the
+    last ping carried, until the Pi reports that channel's relay open (RLY ch 0).
+    Without it the firmware's relay is always closed (a board without one), and
+    pings are only acknowledged.
     """
 
     def __init__(
@@ -80,6 +107,7 @@ class Esp32Emulator:
         rng: random.Random | None = None,
         max_pending: int = DEFAULT_MAX_PENDING,
         nvs: Path | None = None,
+        watchdog: bool = False,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be positive: {interval_s}")
@@ -129,6 +157,21 @@ class Esp32Emulator:
         self._write_error: OSError | None = None
         self._frames_sent = 0
         self._frames_dropped = 0
+        # The command side: what the Pi asked for and the firmware's own relay.
+        self._commands = CommandParser()
+        self._watchdog = watchdog
+        self._ping_timeout_s: float | None = None  # None: no ping since boot
+        self._last_ping = 0.0
+        self._expired = False  # pings stopped; the channels below were cut for it
+        self._latched: set[int] = set()
+        self._limits: dict[int, float] = {}
+        self._executed: Counter[str] = Counter()
+        self._line_errors: Counter[str] = Counter()
+        self._trips = 0
+        self._drop_commands = 0
+        self._acks_sent = 0
+        self._reading_fd: int | None = None
+        self._probe: asyncio.TimerHandle | None = None
         if fd is not None:
             self.attach(fd)
 
@@ -144,10 +187,7 @@ class Esp32Emulator:
 
     def energy_wh_of(self, channel: int) -> int:
         """One channel's register as the frames report it (whole Wh)."""
-        for meter in self._meters:
-            if meter.number == channel:
-                return math.floor(meter.energy)
-        raise KeyError(f"no meter channel {channel}")
+        return math.floor(self._meter(channel).energy)
 
     @property
     def last_seq(self) -> int | None:
@@ -174,12 +214,132 @@ class Esp32Emulator:
         self.detach()
         os.set_blocking(fd, False)
         self._fd = fd
+        self._watch_input()
 
     def detach(self) -> None:
         """Unplug from the current fd, dropping unsent output, so its owner may close it."""
         self._stop_writer()
+        self._stop_reading()
         self._pending.clear()
         self._fd = None
+
+    # -- the command side ------------------------------------------------------------
+
+    @property
+    def commands_executed(self) -> Mapping[str, int]:
+        """Commands executed so far, by verb (PING, RLY, LIM)."""
+        return dict(self._executed)
+
+    @property
+    def command_errors(self) -> Mapping[str, int]:
+        """Lines the firmware could not take as commands, by kind (bad_checksum...)."""
+        return dict(self._line_errors)
+
+    @property
+    def acks_sent(self) -> int:
+        """Acknowledgements handed to the pty."""
+        return self._acks_sent
+
+    @property
+    def watchdog_trips(self) -> int:
+        """How often the pings stopped long enough for the firmware to open its relays."""
+        self._check_watchdog()
+        return self._trips
+
+    def watchdog_tripped(self, channel: int = DEFAULT_CHANNEL) -> bool:
+        """Whether the watchdog holds this channel's relay open (until RLY ch 0)."""
+        self._check_watchdog()
+        return channel in self._latched
+
+    def esp32_relay_closed(self, channel: int = DEFAULT_CHANNEL) -> bool:
+        """The firmware's own relay of this channel (always closed without `watchdog`)."""
+        if not self._watchdog:
+            return True
+        self._check_watchdog()
+        return self._alive() and channel not in self._latched
+
+    def contact_closed(self, channel: int = DEFAULT_CHANNEL) -> bool:
+        """The contact as the firmware senses it: the Pi's relay and its own, in series."""
+        meter = self._meter(channel)
+        return meter.relay_closed() and self.esp32_relay_closed(channel)
+
+    def current_limit(self, channel: int = DEFAULT_CHANNEL) -> float | None:
+        """The limit the Pi set for this channel, in A; None when it set none."""
+        return self._limits.get(channel)
+
+    def drop_commands(self, count: int) -> None:
+        """Fault injection: lose the next `count` commands on the wire (no execution, no ack)."""
+        if count < 0:
+            raise ValueError(f"count must not be negative: {count}")
+        self._drop_commands = count
+
+    def receive(self, data: bytes) -> bytes:
+        """Take bytes from the Pi, execute the commands in them; return the acks to send."""
+        return b"".join(self._answer(data))
+
+    def _answer(self, data: bytes) -> list[bytes]:
+        acks: list[bytes] = []
+        for event in self._commands.feed(data):
+            if isinstance(event, LineError):
+                self._line_errors[event.value] += 1
+                continue
+            if self._drop_commands:
+                self._drop_commands -= 1
+                continue
+            if isinstance(event, ReceivedCommand):
+                ack = self._execute(event)
+            else:
+                ack = Ack(event.command_id, ok=False, reason=event.reason.value)
+            acks.append(encode_ack(ack))
+        return acks
+
+    def _execute(self, received: ReceivedCommand) -> Ack:
+        now = self._clock()
+        command = received.command
+        if isinstance(command, WatchdogPing):
+            self._executed[Verb.PING.value] += 1
+            self._check_watchdog(now)
+            self._ping_timeout_s = command.timeout_ms / 1000.0
+            self._last_ping = now
+            self._expired = False  # the latched channels stay open: see RLY
+            return Ack(received.command_id, ok=True)
+        if not any(meter.number == command.channel for meter in self._meters):
+            return Ack(received.command_id, ok=False, reason="bad-channel")
+        if isinstance(command, RelayState):
+            self._executed[Verb.RELAY.value] += 1
+            if not command.closed:
+                # The Pi has seen the cut and opened its own relay: the latch may go.
+                self._latched.discard(command.channel)
+            sensed = self.contact_closed(command.channel)
+            return Ack(received.command_id, ok=True, fields=((RELAY_KEY, _flag(sensed)),))
+        assert isinstance(command, CurrentLimit)
+        self._executed[Verb.LIMIT.value] += 1
+        self._limits[command.channel] = command.amps
+        return Ack(received.command_id, ok=True, fields=((LIMIT_KEY, f"{command.amps:.1f}"),))
+
+    def _alive(self) -> bool:
+        if self._ping_timeout_s is None:
+            return False
+        return self._clock() - self._last_ping <= self._ping_timeout_s
+
+    def _check_watchdog(self, now: float | None = None) -> None:
+        if not self._watchdog or self._ping_timeout_s is None or self._expired:
+            return
+        now = self._clock() if now is None else now
+        if now - self._last_ping > self._ping_timeout_s:
+            self._expired = True
+            self._trips += 1
+            self._latched.update(meter.number for meter in self._meters)
+            log.warning(
+                "simulated ESP32: no watchdog ping for %.1f s: its relays open",
+                now - self._last_ping,
+            )
+
+    def _meter(self, channel: int) -> _Meter:
+        for meter in self._meters:
+            if meter.number == channel:
+                return meter
+        raise KeyError(f"no meter channel {channel}")
 
     def pause(self) -> None:
         """Cut the link: frames are still produced and numbered but never reach the pty."""
@@ -190,11 +350,41 @@ class Esp32Emulator:
         self._paused = False
 
     def reboot(self) -> None:
-        """Restart the firmware: the next frame has seq 0, each register keeps its whole Wh."""
+        """Restart the firmware: the next frame has seq 0, each register keeps its whole Wh.
+
+        What lived in RAM is gone: current limits, the watchdog (unarmed again, so the
+        firmware's relays stay open until the next ping) and its latches.
+        """
         # NVS keeps the integer registers; the fractions lived only in RAM.
         for meter in self._meters:
             meter.energy = math.floor(meter.energy)
         self._next_seq = 0
+        self._limits.clear()
+        self._ping_timeout_s = None
+        self._expired = False
+        self._latched.clear()
+        self._commands = CommandParser()
+
+    def force(
+        self,
+        channel: int = DEFAULT_CHANNEL,
+        *,
+        temperature_c: float | None = None,
+        current_a: float | None = None,
+        voltage_v: float | None = None,
+        energy_wh: float | None = None,
+    ) -> None:
+        """Fault injection: report these readings on `channel` instead of the simulated
+        ones until `release`; `energy_wh` sets the register itself (it may go backwards)."""
+        meter = next(m for m in self._meters if m.number == channel)
+        if energy_wh is not None:
+            meter.energy = energy_wh
+        readings = {"temperature_c": temperature_c, "current_a": current_a, "voltage_v": voltage_v}
+        meter.forced.update({k: v for k, v in readings.items() if v is not None})
+
+    def release(self, channel: int = DEFAULT_CHANNEL) -> None:
+        """Back to simulated readings on `channel`."""
+        next(m for m in self._meters if m.number == channel).forced.clear()
 
     def corrupt_next(self) -> None:
         """Send the next frame with a wrong checksum (a bit flip on the wire)."""
@@ -223,9 +413,8 @@ class Esp32Emulator:
         for meter in self._meters:
             # The relay is sampled once per frame, so an edge is credited to whole
             # intervals: a contact that just opened accrues nothing more.
-            closed = meter.relay_closed()
-            if closed:
-                meter.energy += self._charge_power_w * elapsed / 3600.0
+            closed = self.contact_closed(meter.number)
+            meter.energy += self._power(meter, closed) * elapsed / 3600.0
             frames.append(self._encode(meter, closed))
         # Once per interval and before any of its frames leaves: a reading the
         # Pi has seen is never lost to a power cut.
@@ -234,8 +423,8 @@ class Esp32Emulator:
 
     def _encode(self, meter: _Meter, closed: bool) -> bytes:
         rng = self._rng
-        voltage = self._voltage_v + rng.uniform(-1.0, 1.0)
-        power = self._charge_power_w if closed else 0.0
+        voltage = meter.forced.get("voltage_v", self._voltage_v + rng.uniform(-1.0, 1.0))
+        power = self._power(meter, closed)
         # A small random walk kept near the starting value, like a sensor in a calm cabinet.
         meter.temperature += rng.uniform(-0.05, 0.05)
         meter.temperature += (self._temperature_base - meter.temperature) * 0.01
@@ -247,10 +436,10 @@ class Esp32Emulator:
                 seq=seq,
                 energy_wh=math.floor(meter.energy),
                 power_w=power,
-                current_a=power / voltage,
+                current_a=meter.forced.get("current_a", power / voltage),
                 voltage_v=voltage,
-                temperature_c=meter.temperature,
-                extra=self._extra,
+                temperature_c=meter.forced.get("temperature_c", meter.temperature),
+                extra=self._extra + self._status_fields(meter.number, closed),
                 channel=meter.number,
             )
         )
@@ -258,6 +447,23 @@ class Esp32Emulator:
             self._corrupt_next = False
             frame = _flip_checksum(frame)
         return frame
+
+    def _power(self, meter: _Meter, closed: bool) -> float:
+        """What the car draws: the charge power, capped by the current limit in force."""
+        if not closed:
+            return 0.0
+        limit = self._limits.get(meter.number)
+        if limit is None:
+            return self._charge_power_w
+        return min(self._charge_power_w, limit * self._voltage_v)
+
+    def _status_fields(self, channel: int, closed: bool) -> tuple[tuple[str, str], ...]:
+        fields = [(RELAY_KEY, _flag(closed))]
+        if channel in self._latched:
+            fields.append((TRIP_KEY, "1"))
+        if (limit := self._limits.get(channel)) is not None:
+            fields.append((LIMIT_KEY, f"{limit:.1f}"))
+        return tuple(fields)
 
     def _save_registers(self) -> None:
         """Persist the whole-Wh registers that changed (one atomic replace for all)."""
@@ -273,8 +479,9 @@ class Esp32Emulator:
         os.replace(scratch, self._nvs)
 
     async def run(self) -> None:
-        """Produce a frame every interval until cancelled."""
+        """Produce a frame every interval and answer commands until cancelled."""
         self._loop = asyncio.get_running_loop()
+        self._watch_input()
         try:
             while True:
                 if self._write_error is not None:
@@ -287,7 +494,52 @@ class Esp32Emulator:
                 await asyncio.sleep(self._interval_s)
         finally:
             self._stop_writer()
+            self._stop_reading()
             self._loop = None
+
+    def _watch_input(self) -> None:
+        """Answer the Pi's commands as they come; while its side is closed, look now and then."""
+        loop, fd = self._loop, self._fd
+        if loop is None or fd is None or self._reading_fd is not None:
+            return
+        self._probe = None
+        if self._read_input(fd):
+            loop.add_reader(fd, self._on_input)
+            self._reading_fd = fd
+        else:
+            # Watching a master without a slave would wake the loop without end.
+            self._probe = loop.call_later(_INPUT_PROBE_S, self._watch_input)
+
+    def _on_input(self) -> None:
+        fd = self._reading_fd
+        if fd is not None and not self._read_input(fd):
+            self._stop_reading()
+            self._watch_input()
+
+    def _read_input(self, fd: int) -> bool:
+        """Take what the Pi sent; False once its side of the pty is closed (EIO)."""
+        while True:
+            try:
+                data = os.read(fd, 4096)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not data:
+                return False
+            if self._paused:
+                continue  # a cut link loses both directions
+            for ack in self._answer(data):
+                if self._send(ack):
+                    self._acks_sent += 1
+
+    def _stop_reading(self) -> None:
+        if self._reading_fd is not None and self._loop is not None:
+            self._loop.remove_reader(self._reading_fd)
+        self._reading_fd = None
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
 
     def _send(self, data: bytes) -> bool:
         if len(self._pending) + len(data) > self._max_pending:
@@ -328,6 +580,10 @@ class Esp32Emulator:
         if self._writer_fd is not None and self._loop is not None:
             self._loop.remove_writer(self._writer_fd)
         self._writer_fd = None
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else "0"
 
 
 def _flip_checksum(frame: bytes) -> bytes:

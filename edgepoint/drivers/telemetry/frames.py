@@ -1,4 +1,4 @@
-"""Sans-I/O codec for the ESP32 telemetry line protocol (hardware/PROTOCOL.md)."""
+"""Sans-I/O codec for what the Pi receives from the ESP32: telemetry frames and command acks."""
 
 from __future__ import annotations
 
@@ -39,6 +39,14 @@ CHANNEL_KEY = "ch"
 DEFAULT_CHANNEL = 1  # a frame without `ch` (single-meter firmware)
 MAX_CHANNEL = 8
 _CHANNEL = re.compile(f"[1-{MAX_CHANNEL}]")  # exactly one digit: no "01", no "+2", no spaces
+# Acknowledgements of the Pi's commands share the line and the framing with telemetry;
+# their payload starts with this field instead of the protocol version.
+ACK_TAG = "A"
+ACK_OK = "OK"
+ACK_ERR = "ERR"
+COMMAND_ID_MAX = 65535
+_COMMAND_ID = re.compile(r"[0-9]{1,5}")
+_REASON = re.compile(r"[a-z][a-z0-9-]{0,31}")
 
 
 def crc16_ccitt_false(data: bytes) -> int:
@@ -87,11 +95,7 @@ def encode_frame(sample: TelemetrySample) -> bytes:
         if not _VALUE.fullmatch(value) or _VALUE_FORBIDDEN.intersection(value):
             raise ValueError(f"extra value not allowed for {key}: {value!r}")
         fields.append(f"{key}={value}")
-    payload = ",".join(fields).encode("ascii")
-    frame = b"$" + payload + b"*" + f"{crc16_ccitt_false(payload):04X}".encode("ascii")
-    if len(frame) > MAX_FRAME_LEN:
-        raise ValueError(f"frame would be {len(frame)} bytes, limit is {MAX_FRAME_LEN}")
-    return frame + b"\r\n"
+    return _frame(",".join(fields).encode("ascii"))
 
 
 def _format_decimal(name: str, value: float, places: int) -> str:
@@ -103,6 +107,49 @@ def _format_decimal(name: str, value: float, places: int) -> str:
     if not _DECIMAL.fullmatch(text):
         raise ValueError(f"{name} out of range: {value}")
     return text
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The ESP32's answer to one command: OK with details (`rly=1`), or ERR with a reason."""
+
+    command_id: int
+    ok: bool
+    fields: tuple[tuple[str, str], ...] = ()  # OK only: key=value details, in order
+    reason: str | None = None  # ERR only: why the command was refused
+
+    def field(self, key: str) -> str | None:
+        """The value of the first detail called `key`, if any."""
+        return next((value for name, value in self.fields if name == key), None)
+
+
+def encode_ack(ack: Ack) -> bytes:
+    """Encode an acknowledgement frame, terminator included (the ESP32's side; the emulator)."""
+    if not 1 <= ack.command_id <= COMMAND_ID_MAX:
+        raise ValueError(f"command id out of range 1..{COMMAND_ID_MAX}: {ack.command_id}")
+    fields = [ACK_TAG, str(ack.command_id)]
+    if ack.ok:
+        if ack.reason is not None:
+            raise ValueError("an OK ack carries no reason")
+        fields.append(ACK_OK)
+        for key, value in ack.fields:
+            if not _KEY.fullmatch(key):
+                raise ValueError(f"ack key not allowed: {key!r}")
+            if not _VALUE.fullmatch(value) or _VALUE_FORBIDDEN.intersection(value):
+                raise ValueError(f"ack value not allowed for {key}: {value!r}")
+            fields.append(f"{key}={value}")
+    else:
+        if ack.fields or ack.reason is None or not _REASON.fullmatch(ack.reason):
+            raise ValueError(f"an ERR ack carries one reason token and nothing else: {ack!r}")
+        fields += [ACK_ERR, ack.reason]
+    return _frame(",".join(fields).encode("ascii"))
+
+
+def _frame(payload: bytes) -> bytes:
+    frame = START + payload + b"*" + f"{crc16_ccitt_false(payload):04X}".encode("ascii")
+    if len(frame) > MAX_FRAME_LEN:
+        raise ValueError(f"frame would be {len(frame)} bytes, limit is {MAX_FRAME_LEN}")
+    return frame + b"\r\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +165,7 @@ class TelemetryStats:
     seq_gaps: int = 0  # frames missing between two good ones
     seq_resets: int = 0  # sequence went back (ESP32 reboot)
     bytes: int = 0
+    acks: int = 0  # well-formed acknowledgements of the Pi's commands
 
 
 class _State(Enum):
@@ -144,6 +192,7 @@ class TelemetryParser:
         self._seq_gaps = 0
         self._seq_resets = 0
         self._bytes = 0
+        self._acks = 0
 
     @property
     def stats(self) -> TelemetryStats:
@@ -158,6 +207,7 @@ class TelemetryParser:
             seq_gaps=self._seq_gaps,
             seq_resets=self._seq_resets,
             bytes=self._bytes,
+            acks=self._acks,
         )
 
     @property
@@ -174,9 +224,17 @@ class TelemetryParser:
         self._in_garbage = False
 
     def feed(self, data: bytes) -> list[TelemetrySample]:
-        """Consume received bytes; return the samples of every frame completed by them."""
+        """Consume received bytes; return the samples of every frame completed by them.
+
+        Acknowledgements in `data` are counted and dropped: a receiver that sends
+        commands uses `feed_all`.
+        """
+        return [item for item in self.feed_all(data) if isinstance(item, TelemetrySample)]
+
+    def feed_all(self, data: bytes) -> list[TelemetrySample | Ack]:
+        """Consume received bytes; return the samples and acks they complete, in line order."""
         self._bytes += len(data)
-        samples: list[TelemetrySample] = []
+        samples: list[TelemetrySample | Ack] = []
         pos, end = 0, len(data)
         while pos < end:
             if self._state is _State.OUTSIDE:
@@ -229,7 +287,7 @@ class TelemetryParser:
                 self._garbage += 1
                 self._in_garbage = True
 
-    def _parse(self, body: bytes) -> TelemetrySample | None:
+    def _parse(self, body: bytes) -> TelemetrySample | Ack | None:
         if not body:
             self._garbage += 1  # a lone "$"
             return None
@@ -246,6 +304,13 @@ class TelemetryParser:
         except UnicodeDecodeError:
             self._malformed += 1
             return None
+        if fields[0] == ACK_TAG:
+            ack = _fields_to_ack(fields[1:])
+            if ack is None:
+                self._malformed += 1
+            else:
+                self._acks += 1
+            return ack
         if not _INT.fullmatch(fields[0]):
             self._malformed += 1
             return None
@@ -276,6 +341,29 @@ class TelemetryParser:
             self._seq_resets += 1
         else:
             self._seq_gaps += step - 1
+
+
+def _fields_to_ack(fields: list[str]) -> Ack | None:
+    """`<id>,OK[,k=v]...` or `<id>,ERR,<reason>`; None when anything is off."""
+    if len(fields) < 2 or not _COMMAND_ID.fullmatch(fields[0]):
+        return None
+    command_id = int(fields[0])
+    if not 1 <= command_id <= COMMAND_ID_MAX:
+        return None
+    status, rest = fields[1], fields[2:]
+    if status == ACK_ERR:
+        if len(rest) != 1 or not _REASON.fullmatch(rest[0]):
+            return None
+        return Ack(command_id, ok=False, reason=rest[0])
+    if status != ACK_OK:
+        return None
+    details: list[tuple[str, str]] = []
+    for item in rest:
+        key, sep, value = item.partition("=")
+        if not sep or not _KEY.fullmatch(key) or not _VALUE.fullmatch(value):
+            return None
+        details.append((key, value))
+    return Ack(command_id, ok=True, fields=tuple(details))
 
 
 def _fields_to_sample(fields: list[str]) -> TelemetrySample | None:

@@ -1,4 +1,4 @@
-"""The real adafruit PN532 driver against the emulated chip on the emulated I2C bus."""
+"""The real adafruit PN532 driver against the emulated chip on emulated I2C, SPI and UART."""
 
 from __future__ import annotations
 
@@ -6,13 +6,16 @@ import errno
 
 import pytest
 from adafruit_pn532.i2c import PN532_I2C
+from adafruit_pn532.spi import PN532_SPI
+from adafruit_pn532.uart import PN532_UART
 
-from edgepoint.drivers.rfid.bus import EmulatedI2CBus
+from edgepoint.drivers.rfid.bus import EmulatedI2CBus, EmulatedSpiBus, EmulatedUart, reverse_bits
 from edgepoint.drivers.rfid.emulator import (
     CMD_GET_FIRMWARE_VERSION,
     CMD_IN_LIST_PASSIVE_TARGET,
     CMD_SAM_CONFIGURATION,
     I2C_ADDRESS,
+    Flicker,
     Pn532Emulator,
 )
 from edgepoint.drivers.rfid.frames import ACK, NACK, decode_frame, encode_frame
@@ -230,3 +233,103 @@ def test_deinit_closes_the_bus(bus: EmulatedI2CBus) -> None:
         pass
     with pytest.raises(OSError):
         bus.scan()
+
+
+# -- latching, flicker, IRQ and faults -------------------------------------------------
+
+
+def test_card_shown_and_gone_while_a_listen_waits_is_latched(
+    pn532: PN532_I2C, chip: Pn532Emulator, clock: ManualClock
+) -> None:
+    # The chip retries on its own: a host that looks only after the card has left
+    # still gets it, as it would from a real PN532 with MxRtyPassiveActivation 0xFF.
+    assert pn532.listen_for_passive_target(timeout=POLL)
+    chip.present_card(UID4, dwell_s=0.3)
+    clock.now += 5.0
+    assert chip.card_in_field() is None
+    assert pn532.get_passive_target(timeout=POLL) == UID4
+    # The next listen starts after the card left: nothing.
+    assert pn532.read_passive_target(timeout=POLL) is None
+
+
+def test_flicker_hides_a_held_card_in_its_off_phases(
+    pn532: PN532_I2C, chip: Pn532Emulator, clock: ManualClock
+) -> None:
+    chip.flicker = Flicker(on_s=0.1, off_s=0.2)
+    chip.present_card(UID7, dwell_s=10)
+    clock.now += 0.05  # on
+    assert pn532.read_passive_target(timeout=POLL) == UID7
+    clock.now += 0.1  # 0.15: off
+    assert pn532.listen_for_passive_target(timeout=POLL)
+    assert pn532.get_passive_target(timeout=POLL) is None
+    assert chip.card_in_field() == UID7  # still in the field, just not seen
+    clock.now += 0.2  # 0.35: on again, and the waiting listen sees it
+    assert pn532.get_passive_target(timeout=POLL) == UID7
+
+
+def test_flicker_rejects_nonsense() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        Flicker(on_s=0.1, off_s=0)
+
+
+def test_irq_line_follows_the_waiting_frame(pn532: PN532_I2C, chip: Pn532Emulator) -> None:
+    levels: list[bool] = []
+    chip.connect_irq(levels.append)
+    assert levels == [False]
+    assert pn532.listen_for_passive_target(timeout=POLL)  # ACK ready, then taken
+    assert levels == [False, True, False]
+    chip.present_card(UID4)
+    assert levels[-1] is True  # the answer waits: the line is asserted
+    assert pn532.get_passive_target(timeout=POLL) == UID4
+    assert levels[-1] is False
+    chip.connect_irq(None)
+
+
+def test_hung_chip_gives_no_ack_until_it_recovers(pn532: PN532_I2C, chip: Pn532Emulator) -> None:
+    chip.hang()
+    assert not pn532.listen_for_passive_target(timeout=POLL)
+    with pytest.raises(RuntimeError, match="Failed to detect"):
+        pn532.firmware_version  # noqa: B018 - the property is the call
+    chip.hang(False)
+    assert pn532.firmware_version == (0x32, 1, 6, 7)
+
+
+def test_wrong_firmware_answer_is_passed_through(pn532: PN532_I2C, chip: Pn532Emulator) -> None:
+    chip.set_firmware(bytes((0x31, 0x01, 0x02, 0x07)))
+    assert pn532.firmware_version == (0x31, 1, 2, 7)
+
+
+def test_spi_bus_carries_the_real_driver(chip: Pn532Emulator) -> None:
+    spi = EmulatedSpiBus(chip)
+    driver = PN532_SPI(spi, spi.cs)
+    assert driver.firmware_version == (0x32, 1, 6, 7)
+    chip.present_card(UID7)
+    assert driver.read_passive_target(timeout=POLL) == UID7
+    assert spi.cs.value is True  # deselected between exchanges
+    spi.detach()  # MISO floats high: the chip never looks ready
+    with pytest.raises(RuntimeError):
+        driver.firmware_version  # noqa: B018
+    spi.attach()
+    assert driver.firmware_version == (0x32, 1, 6, 7)
+
+
+def test_uart_carries_the_real_driver(chip: Pn532Emulator) -> None:
+    uart = EmulatedUart(chip)
+    driver = PN532_UART(uart)
+    assert driver.firmware_version == (0x32, 1, 6, 7)
+    chip.present_card(UID4)
+    assert driver.read_passive_target(timeout=POLL) == UID4
+    uart.unplug()
+    with pytest.raises(OSError):
+        uart.in_waiting  # noqa: B018 - what the reader's status peek sees
+    # The driver takes the failed write for a missing answer.
+    with pytest.raises(RuntimeError, match="Failed to detect"):
+        driver.firmware_version  # noqa: B018
+    uart.replug()
+    assert driver.firmware_version == (0x32, 1, 6, 7)
+
+
+def test_bit_reversal_round_trips() -> None:
+    assert reverse_bits(0x01) == 0x80
+    assert reverse_bits(0x02) == 0x40
+    assert all(reverse_bits(reverse_bits(b)) == b for b in range(256))

@@ -83,7 +83,9 @@ def test_readings_follow_the_relay() -> None:
     charging = step(emulator, clock, parser)
     assert charging.power_w == 7360.0
     assert charging.current_a == pytest.approx(7360.0 / 230.0, abs=0.2)
-    assert charging.extra == (("fw", "emu-1"),)
+    # The firmware's extras, then the contact as it senses it.
+    assert charging.extra == (("fw", "emu-1"), ("rly", "1"))
+    assert idle[-1].extra == (("fw", "emu-1"), ("rly", "0"))
 
 
 def test_sequence_starts_at_zero_and_wraps_to_one() -> None:
@@ -193,7 +195,7 @@ def test_one_frame_per_channel_per_interval_in_channel_order() -> None:
     assert [s.seq for s in samples] == list(range(9))
     assert emulator.last_seq == 8
     assert parser.stats.seq_gaps == parser.stats.seq_resets == 0
-    assert all(s.extra == (("fw", "emu-1"),) for s in samples)
+    assert all(s.extra == (("fw", "emu-1"), ("rly", "0")) for s in samples)
 
 
 def test_power_flows_only_on_the_channel_whose_relay_is_closed() -> None:

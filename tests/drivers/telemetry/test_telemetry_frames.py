@@ -12,9 +12,11 @@ from edgepoint.drivers.telemetry.frames import (
     MAX_CHANNEL,
     MAX_FRAME_LEN,
     SEQ_MAX,
+    Ack,
     TelemetryParser,
     TelemetryStats,
     crc16_ccitt_false,
+    encode_ack,
     encode_frame,
     next_seq,
 )
@@ -521,3 +523,77 @@ def test_random_corruption_never_crashes_and_good_frames_survive() -> None:
             intact += 1
             assert [s.seq for s in got] == [n]
     assert parser.stats.frames_ok == delivered >= intact > 150
+
+
+# -- acknowledgements on the telemetry line ---------------------------------------------
+
+COMMAND_EXAMPLES = (
+    b"$C,1,PING,10000*BAE1\r\n",
+    b"$C,2,RLY,1,1*D730\r\n",
+    b"$C,4,LIM,2,16.0*AC87\r\n",
+)
+ACK_EXAMPLES = (
+    b"$A,1,OK*EF98\r\n",
+    b"$A,2,OK,rly=1*B97F\r\n",
+    b"$A,65535,ERR,bad-channel*A6BC\r\n",
+)
+
+
+def test_protocol_md_command_and_ack_examples_are_the_vectors() -> None:
+    document = PROTOCOL_MD.read_text(encoding="utf-8")
+    vectors = (PROTOCOL_MD.parent / "vectors.json").read_text(encoding="utf-8")
+    for line in (*COMMAND_EXAMPLES, *ACK_EXAMPLES):
+        text = line.decode().rstrip()
+        assert text in document
+        assert text in vectors
+
+
+def test_acks_between_frames_are_parsed_in_line_order() -> None:
+    parser = TelemetryParser()
+    stream = EXAMPLES[1] + ACK_EXAMPLES[1] + EXAMPLES[2] + ACK_EXAMPLES[2]
+    got = parser.feed_all(stream)
+    assert [type(item).__name__ for item in got] == [
+        "TelemetrySample",
+        "Ack",
+        "TelemetrySample",
+        "Ack",
+    ]
+    assert got[1] == Ack(2, ok=True, fields=(("rly", "1"),))
+    assert got[3] == Ack(65535, ok=False, reason="bad-channel")
+    assert parser.stats.acks == 2 and parser.stats.frames_ok == 2
+    # feed() is for receivers that send no commands: the acks are counted, not returned.
+    plain = TelemetryParser()
+    assert [s.seq for s in plain.feed(stream)] == [1, 2]
+    assert plain.stats.acks == 2
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"A",
+        b"A,1",
+        b"A,0,OK",
+        b"A,65536,OK",
+        b"A,x,OK",
+        b"A,1,MAYBE",
+        b"A,1,ERR",
+        b"A,1,ERR,Bad-Reason",
+        b"A,1,ERR,a,b",
+        b"A,1,OK,novalue",
+    ],
+)
+def test_malformed_acks_are_counted(payload: bytes) -> None:
+    parser = TelemetryParser()
+    assert parser.feed_all(frame_with_payload(payload)) == []
+    assert parser.stats.malformed == 1 and parser.stats.acks == 0
+
+
+def test_ack_encoder_refuses_what_the_parser_would() -> None:
+    with pytest.raises(ValueError):
+        encode_ack(Ack(0, ok=True))
+    with pytest.raises(ValueError):
+        encode_ack(Ack(1, ok=False))  # an ERR needs its reason
+    with pytest.raises(ValueError):
+        encode_ack(Ack(1, ok=True, fields=(("rly", "a,b"),)))
+    assert Ack(3, ok=True, fields=(("rly", "0"),)).field("rly") == "0"
+    assert Ack(3, ok=True).field("rly") is None
