@@ -16,22 +16,27 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from edgepoint import __version__, systemd
+from edgepoint import __version__, systemd, timesync
 from edgepoint.chargepoint.authorizer import Authorizer
 from edgepoint.chargepoint.commands import CommandHandler
 from edgepoint.chargepoint.delivery import RetryPolicy
+from edgepoint.chargepoint.diagnostics import LogFile
 from edgepoint.chargepoint.link import CsmsLink, LinkState
+from edgepoint.chargepoint.maintenance import LOG_FOLDER, Maintenance, file_values
 from edgepoint.chargepoint.outbox import OutboxSender
 from edgepoint.chargepoint.settings import SettingChange, Settings
+from edgepoint.chargepoint.smart_charging import Outlet, SmartCharging
 from edgepoint.charging.connector import Connector
 from edgepoint.charging.events import StopReason
-from edgepoint.clock import Clock, SystemClock, is_synced
+from edgepoint.charging.schedule import Supply
+from edgepoint.clock import Clock, SystemClock, clock_status, is_synced, iso_utc
 from edgepoint.cloud.service import Cloud, build_cloud
 from edgepoint.config import Config
 from edgepoint.control.api import Access, Code, ControlApi
 from edgepoint.control.csms_proxy import register_csms_proxy
+from edgepoint.control.logfeed import LogFeed
 from edgepoint.control.server import ControlServer, Limits
-from edgepoint.control.station import register_station
+from edgepoint.control.station import register_station, register_technician
 from edgepoint.csms.api import COMMAND_FLAGS as CSMS_COMMAND_FLAGS
 from edgepoint.csms.db import CsmsStore, open_csms_database
 from edgepoint.csms.process import CsmsProcess
@@ -52,6 +57,7 @@ from edgepoint.drivers.telemetry import (
     SerialTelemetryReader,
     open_pty,
 )
+from edgepoint.drivers.telemetry.commands import LIMIT_MAX_A
 from edgepoint.errors import ControlError, DeviceError
 from edgepoint.keys import load_or_create_key
 from edgepoint.kiosk import (
@@ -62,8 +68,12 @@ from edgepoint.kiosk import (
     new_session_id,
     sessions_to_resume,
 )
+from edgepoint.redact import mask_id_tag
 from edgepoint.storage.auth_lists import AuthListStore
+from edgepoint.storage.care import StorageCare, care_status, check_databases, check_writable
 from edgepoint.storage.chargepoint import ChargePointStore
+from edgepoint.storage.charging_profiles import ChargingProfileStore
+from edgepoint.storage.reservations import ReservationStore
 from edgepoint.storage.settings import SettingsRepository
 from edgepoint.supervisor import Supervisor
 
@@ -71,6 +81,8 @@ log = logging.getLogger(__name__)
 
 # Give what shutdown queued (StopTransaction) this long to reach an online CSMS.
 SHUTDOWN_FLUSH_S = 1.5
+# At start, how long the CSMS link may take to boot before READY=1 says "offline".
+READY_BOOT_WAIT_S = 10.0
 # Where the simulated ESP32 keeps its energy registers between runs of the daemon.
 SIMULATED_NVS = "simulated-esp32.nvs"
 # Signals that stop the daemon cleanly (relays opened, sessions ended).
@@ -193,7 +205,10 @@ class Station:
         self._supervisor = supervisor
         self._clock = clock
         self._started = clock.monotonic()
+        self._csms_last: dict[str, Any] = {}  # the CSMS process's last answer to status
         self.cloud: Cloud | None = None  # Firebase state, fleet cards, ledger (cloud/)
+        self.care: StorageCare | None = None  # retention, backups, free space (storage/care)
+        self.smart_charging: SmartCharging | None = None  # profiles and current limits
 
     async def _embedded_csms(self) -> dict[str, Any] | None:
         """The CSMS process as `status` shows it; never waits long for a busy one."""
@@ -202,13 +217,34 @@ class Station:
         state: dict[str, Any] = {"pid": self._csms.pid, "restarts": self._csms.exits}
         try:
             async with asyncio.timeout(1.0):
-                state |= await self._csms.request("csms.status")
-        except (ControlError, TimeoutError) as err:
-            state |= {"listening": False, "connected": [], "error": str(err) or "no answer"}
-        return state
+                answer: dict[str, Any] = await self._csms.request("csms.status")
+        except TimeoutError:
+            # Busy (it yields the CPU to the kiosk), not down: what it said last still
+            # holds, and `answering` says this is not fresh.
+            last = self._csms_last if self._csms_last.get("pid") == self._csms.pid else {}
+            return (
+                {"listening": False, "connected": []}
+                | last
+                | state
+                | {
+                    "answering": False,
+                    "error": "no answer within 1 s",
+                }
+            )
+        except ControlError as err:
+            return state | {
+                "listening": False,
+                "connected": [],
+                "answering": False,
+                "error": str(err) or "no answer",
+            }
+        self._csms_last = state | answer
+        return state | answer | {"answering": True}
 
     async def status(self) -> dict[str, Any]:
         k = self._kiosk.snapshot()
+        smart = self.smart_charging
+        limits = {} if smart is None else {v.connector_id: _plain(v) for v in smart.snapshot()}
         connectors = [
             {
                 "id": c.id,
@@ -232,6 +268,16 @@ class Station:
                     else 0,
                 },
                 "last_sample": dataclasses.asdict(c.last_sample) if c.last_sample else None,
+                # Smart charging: the profiles' limit, what the ESP32 was told and acked.
+                "charging_limit": limits.get(c.id),
+                "reservation": None
+                if c.reservation is None
+                else {
+                    "reservation_id": c.reservation.reservation_id,
+                    "connector_id": c.reservation.connector_id,  # as reserved (0: any)
+                    "id_tag": mask_id_tag(c.reservation.id_tag),
+                    "expiry": iso_utc(c.reservation.expiry),
+                },
             }
             for c in k.connectors
         ]
@@ -244,6 +290,8 @@ class Station:
             "uptime_s": round(self._clock.monotonic() - self._started, 3),
             # False on a Pi that booted without NTP/RTC and no CSMS time yet.
             "clock_synced": is_synced(self._clock),
+            # Where the time comes from: system (NTP), rtc, csms, or provisional.
+            "clock": clock_status(self._clock),
             "connector": connectors[0],
             "connectors": connectors,
             "telemetry": {
@@ -263,7 +311,10 @@ class Station:
                 "commit_window_ms_p50": sender.commit_window_ms_p50,
                 "commit_window_ms_max": sender.commit_window_ms_max,
             },
-            "alarms": _alarms(sender.alarms, outbox.parked),
+            "alarms": _alarms(sender.alarms, outbox.parked)
+            + ([] if self.care is None else list(self.care.faults)),
+            # Free space, retention, backups; a damaged database found at start.
+            "storage": care_status(self.care),
             "events_rejected": k.events_rejected,
             # Charge-point-wide interlocks (reader, storage, stalled loop); LEDs; writes
             # kept in memory while the database refuses them.
@@ -328,7 +379,10 @@ async def run(config: Config, clock: Clock | None = None) -> Exit:
         if config.hardware.simulate
         else Panel(config.hardware, config.connectors)
     )
-    system_clock = SystemClock()
+    # Provisional time until NTP or the CSMS says what time it is (clock.py, timesync.py).
+    system_clock, clock_state = timesync.start_clock(
+        config.storage.dir / timesync.STATE_FILE, trust_rtc=config.clock.trust_rtc
+    )
     clock = clock or system_clock
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -342,13 +396,33 @@ async def run(config: Config, clock: Clock | None = None) -> Exit:
     # opening the relays.
     for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, request_exit, Exit.STOPPED)
+    # Recent log lines for the technician's TUI (`log.recent`, the `log` stream).
+    log_feed = LogFeed.attach(logging.getLogger())
+    log_file: LogFile | None = None  # the daemon's own log, for GetDiagnostics and GetLog
     store: ChargePointStore | None = None
     devices: Devices | None = None
     try:
+        # A path the daemon cannot write is a configuration error naming its key (not a
+        # traceback); a damaged database is set aside before anything opens it.
+        check_writable(config)
+        log_file = LogFile.attach(
+            config.storage.dir / LOG_FOLDER, logging.getLevelName(config.log_level)
+        )
+        integrity = await asyncio.to_thread(check_databases, config)
         auth_key = load_or_create_key(config.chargepoint.auth_key_file, create=config.csms.enabled)
         store = await ChargePointStore.open(config.storage.chargepoint_db)
+        care = StorageCare(
+            config, store.db, clock, tuple(f for check in integrity if (f := check.fault()))
+        )
+        keeper = (
+            await timesync.TimeKeeper.open(
+                system_clock, store, config.storage.dir / timesync.STATE_FILE, clock_state
+            )
+            if clock is system_clock
+            else None
+        )
         settings = await SettingsRepository(store.db).load_settings(
-            dict(config.ocpp), number_of_connectors=len(config.connectors)
+            file_values(config, auth_key), number_of_connectors=len(config.connectors)
         )
         lists = AuthListStore(store.db)
         devices = build_devices(config, panel)
@@ -364,9 +438,15 @@ async def run(config: Config, clock: Clock | None = None) -> Exit:
             devices,
             stop,
             request_exit,
+            log_feed,
+            care,
+            keeper,
         )
         return ending[0] if ending else exit_kind
     finally:
+        log_feed.detach()
+        if log_file is not None:
+            log_file.detach()
         panel.close()
         if store is not None:
             await store.close()
@@ -389,15 +469,24 @@ async def _serve(
     devices: Devices,
     stop: asyncio.Event,
     request_exit: Callable[[Exit], None],
+    log_feed: LogFeed,
+    care: StorageCare,
+    keeper: timesync.TimeKeeper | None,
 ) -> Exit:
     supervisor = Supervisor(clock)
+    # Firmware Management and the security extension; the link connects by its policy.
+    maintenance = await Maintenance.open(config, store, settings, auth_key, clock)
     link = CsmsLink(
         config.station,
         config.chargepoint,
         auth_key,
         settings,
         clock,
-        adopt_time=system_clock.adopt if clock is system_clock else None,
+        # Never the embedded CSMS's time: that is this Pi's own unsynchronised clock.
+        adopt_time=maintenance.noting_time(
+            keeper.adopt if keeper is not None and not timesync.is_own_csms(config) else None
+        ),
+        policy=maintenance.policy,
     )
     authorizer = Authorizer(lists, link, settings, clock, config.chargepoint.authorize_timeout_s)
     resumed = await sessions_to_resume(store)
@@ -417,6 +506,17 @@ async def _serve(
         for c in config.connectors
     ]
     wake: list[Callable[[], None]] = []
+    # Smart charging: the CSMS's profiles make each connector's current limit (the ESP32's).
+    smart = SmartCharging(
+        [Outlet(c.id, c.meter_channel, Supply(c.voltage_v, c.phases)) for c in config.connectors],
+        ChargingProfileStore(store.db),
+        settings,
+        clock,
+        devices.telemetry,
+        lambda event, cid: kiosk.publish(event, cid),
+        rated_a=min(config.safety.limits.max_current_a, LIMIT_MAX_A),
+    )
+    await smart.load()
     kiosk = Kiosk(
         setups,
         store,
@@ -436,8 +536,10 @@ async def _serve(
         # The ESP32 link: watchdog pings from the loop, relay states and their echo.
         esp32=devices.telemetry,
         reader=devices.rfid,  # a lost reader faults every connector
+        sessions=smart,  # smart charging follows the sessions
     )
     kiosk.restore_availability(availability)
+    kiosk.restore_reservations(await ReservationStore(store.db).reservations())
     # The idle LEDs tell a driver whether unknown cards can be checked.
     kiosk.csms_online(link.online)
     link.watch(lambda: kiosk.csms_online(link.online))
@@ -455,11 +557,16 @@ async def _serve(
     wake.append(sender.wake.set)
 
     def restart(hard: bool) -> None:
+        maintenance.note_reset(hard)
         request_exit(Exit.HARD_RESET if hard else Exit.SOFT_RESET)
 
     commands = CommandHandler(
         kiosk, link, settings, SettingsRepository(store.db), lists, clock, restart, sender.wake.set
     )
+    commands.extend(smart.handlers())
+    commands.remote_profile_problem = smart.remote_profile_problem
+    maintenance.attach(link, commands, kiosk, sender.wake.set, restart)
+    await maintenance.started()
     link.handler = commands.handle
     link.on_online = lambda first: sender.reconnected()
 
@@ -487,6 +594,8 @@ async def _serve(
                 log.error("the embedded CSMS did not start in time; the kiosk goes on")
 
         station = Station(config, kiosk, link, sender, store, devices, csms, supervisor, clock)
+        station.care = care
+        station.smart_charging = smart
         # Fleet sync: supervised services fed from SQLite; none of them can hold up a tap.
         cloud = station.cloud = build_cloud(
             config,
@@ -498,6 +607,13 @@ async def _serve(
         )
         api = ControlApi()
         register_station(api, station)
+        register_technician(
+            api,
+            sessions=store,
+            local_list=lists,
+            cards=None if csms_cards is None else csms_cards.cards,
+            log_feed=log_feed,
+        )
         if csms is not None:
             register_csms_proxy(api, csms, CSMS_COMMAND_FLAGS)
         control = ControlServer(
@@ -514,17 +630,28 @@ async def _serve(
             tg.create_task(
                 supervisor.keep("telemetry", lambda: devices.telemetry.run(kiosk.publish))
             ),
-            tg.create_task(supervisor.keep("control api", control.run)),
         ]
         services = [
+            # Stops after the kiosk: an answer on its way (a reset's Accepted) still goes out.
+            tg.create_task(supervisor.keep("control api", control.run)),
+            tg.create_task(supervisor.keep("storage care", care.run)),
+            *([tg.create_task(supervisor.keep("clock", keeper.run))] if keeper else []),
             tg.create_task(supervisor.keep("csms link", link.run)),
             tg.create_task(supervisor.keep("outbox sender", sender.run)),
+            tg.create_task(supervisor.keep("smart charging", smart.run)),
             *(tg.create_task(supervisor.keep(name, run)) for name, run in cloud.services),
+            *(tg.create_task(supervisor.keep(name, run)) for name, run in maintenance.services),
         ]
         watchdog = tg.create_task(_keep_systemd_happy(kiosk, clock))
         if not is_synced(clock):
             log.warning("the wall clock is not set (%s): timestamps will be wrong", clock.utc_now())
-        systemd.notify(f"READY=1\nSTATUS=serving as {config.station.id}")
+        # READY only once it serves: CSMS process listening (above), control socket
+        # answering, the CSMS link booted or offline mode decided.
+        mode = await _until_serving(config, link, stop)
+        systemd.notify(f"READY=1\nSTATUS={config.station.id}: serving ({mode})")
+        reporter = systemd.StatusReporter(lambda: _status_line(station))
+        link.watch(reporter.poke)
+        services.append(tg.create_task(supervisor.keep("systemd status", reporter.run)))
         log.info("edgepoint %s running as %s", __version__, config.station.id)
 
         stopping = asyncio.create_task(stop.wait())
@@ -533,6 +660,7 @@ async def _serve(
         systemd.notify("STOPPING=1")
         await _cancel(front)
         await kiosk.shutdown(StopReason.REBOOT)
+        await maintenance.stopping()
         await _flush(store, link)
         await link.close()
         await _cancel([*services, watchdog])
@@ -564,6 +692,22 @@ async def _flush(store: ChargePointStore, link: CsmsLink) -> None:
         if (await store.outbox_summary()).depth == 0:
             return
         await asyncio.sleep(0.05)
+
+
+async def _until_serving(config: Config, link: CsmsLink, stop: asyncio.Event) -> str:
+    """Wait until the daemon serves; say how: online, or offline after READY_BOOT_WAIT_S."""
+    if not await systemd.wait_for_socket(config.control.socket, READY_BOOT_WAIT_S):
+        log.error("the control socket %s does not answer", config.control.socket)
+    deadline = time.monotonic() + READY_BOOT_WAIT_S
+    while not stop.is_set() and time.monotonic() < deadline:
+        if link.state in (LinkState.ONLINE, LinkState.PENDING, LinkState.REJECTED):
+            return f"csms {link.state}"
+        await asyncio.sleep(0.05)
+    return f"offline: csms {link.state}, charging on local rules"
+
+
+async def _status_line(station: Station) -> str:
+    return systemd.status_line(await station.status())
 
 
 async def _keep_systemd_happy(kiosk: Kiosk, clock: Clock) -> None:

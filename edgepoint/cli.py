@@ -46,6 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.handler(config, args)
         return result
+    except ConfigError as err:
+        # Found at run time (a path it cannot write): as invalid as a bad key, and exit
+        # status 2 keeps systemd from restarting what a restart cannot fix.
+        print(f"edgepoint: invalid configuration: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except EdgepointError as err:
         print(f"edgepoint: {err}", file=sys.stderr)
         return EXIT_ERROR
@@ -71,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         help="drive every relay pin to its open level and exit (the unit's ExecStopPost)",
     )
     command("doctor", _doctor, help="check reader, ESP32, GPIO, groups, clock and storage")
+    command("tui", _tui, help="the technician's terminal UI (a client of the running daemon)")
     status = command("status", _status, help="show connector, session, links and outbox")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -119,6 +125,10 @@ def _parser() -> argparse.ArgumentParser:
     from edgepoint.csms.cli import add_charger_commands
 
     add_charger_commands(sub)
+    # -- outbox dead letters, migrate, backup (edgepoint/storage/cli.py) --
+    from edgepoint.storage.cli import add_storage_commands
+
+    add_storage_commands(sub)
     return parser
 
 
@@ -148,11 +158,14 @@ def _expiry(text: str) -> datetime:
 
 
 def _run(config: Config, args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=config.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    import faulthandler
+
+    from edgepoint.journal import setup_logging
+
+    # The journal (levels, station/session/transaction fields) under systemd, else stderr.
+    setup_logging(config.log_level, config.station.id)
+    # A watchdog abort (SIGABRT) or a crash in C code leaves every thread's stack in the log.
+    faulthandler.enable()
     # The ocpp library logs every frame at INFO, ids and all; keep that for DEBUG.
     logging.getLogger("ocpp").setLevel(max(logging.WARNING, logging.getLevelName(config.log_level)))
     logging.getLogger("websockets").setLevel(logging.WARNING)
@@ -210,7 +223,7 @@ def format_status(s: dict[str, Any]) -> str:
     lines = [
         f"{s['station']}  edgepoint {s['version']}"
         f"{' (simulated hardware)' if s['simulated'] else ''}  up {s['uptime_s']:.0f} s",
-        *([] if s["clock_synced"] else ["WARNING: wall clock not set (no NTP/RTC yet)"]),
+        *([] if s["clock_synced"] else [_clock_warning(s.get("clock"))]),
         *(f"ALARM: {alarm}" for alarm in s.get("alarms", [])),
         *(f"FAULT (charge point): {fault}" for fault in s.get("faults", [])),
     ]
@@ -221,6 +234,19 @@ def format_status(s: dict[str, Any]) -> str:
             f"{'  TELEMETRY LOST' if c['telemetry_lost'] else ''}"
             + (f"  FAULT {', '.join(c['faults'])} ({c['error_code']})" if c.get("faults") else "")
         )
+        if (limit := c.get("charging_limit")) and limit.get("limit_a") is not None:
+            acked = limit.get("acknowledged_a")
+            lines.append(
+                f"  smart charging: {limit['limit_a']:g} A (profiles"
+                f" {', '.join(map(str, limit['profile_ids']))}), ESP32"
+                f" {'not acknowledged' if acked is None else f'{acked:g} A'}"
+                f"{'  PAUSED' if limit.get('paused') else ''}"
+            )
+        if reservation := c.get("reservation"):
+            lines.append(
+                f"  reserved ({reservation['reservation_id']}) for {reservation['id_tag']}"
+                f" until {reservation['expiry']}"
+            )
         if session := c["session"]:
             tx = session["transaction_id"]
             lines.append(
@@ -261,6 +287,18 @@ def format_status(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _tui(config: Config, args: argparse.Namespace) -> int:
+    from edgepoint.tui.app import run
+
+    return run(config.control.socket)
+
+
+def _clock_warning(clock: dict[str, Any] | None) -> str:
+    since = (clock or {}).get("provisional_since")
+    running = f" (provisional time, run on from {since})" if since else ""
+    return f"WARNING: wall clock not synchronised: no NTP and no CSMS time yet{running}"
+
+
 def _tap(config: Config, args: argparse.Namespace) -> int:
     from edgepoint.control.client import request
 
@@ -286,7 +324,34 @@ def _with_cards(config: Config, work: Callable[[Any], Any]) -> Any:
     return asyncio.run(go())
 
 
+def _by_daemon(config: Config, cmd: str, **args: Any) -> tuple[bool, Any]:
+    """(True, answer) when the running daemon did it (logged there with the user), else
+    (False, None): no daemon runs, or it has no embedded CSMS, and the caller uses the file."""
+    from edgepoint.control.client import NOT_RUNNING, request
+    from edgepoint.errors import ControlError
+
+    try:
+        return True, asyncio.run(request(config.control.socket, cmd, **args))
+    except ControlError as err:
+        if err.code in (NOT_RUNNING, "unavailable"):
+            return False, None
+        raise
+
+
 def _cards_add(config: Config, args: argparse.Namespace) -> int:
+    done, _ = _by_daemon(
+        config,
+        "cards.add",
+        id_tag=args.id_tag,
+        name=args.name,
+        expires=None if args.expires is None else args.expires.isoformat(),
+        parent_id_tag=args.parent,
+        max_concurrent_tx=args.max_concurrent,
+    )
+    if done:
+        print(f"card {args.id_tag} added")
+        return EXIT_OK
+
     async def work(cards: Any) -> None:
         await cards.add(
             args.id_tag,
@@ -338,10 +403,22 @@ def _cards_remove(config: Config, args: argparse.Namespace) -> int:
 
 
 def _card_change(config: Config, id_tag: str, method: str, done: str) -> int:
+    from edgepoint.errors import ControlError
+
     async def work(cards: Any) -> Any:
         return await getattr(cards, method)(id_tag)
 
-    if _with_cards(config, work) is False:
+    try:
+        by_daemon, _ = _by_daemon(config, f"cards.{method}", id_tag=id_tag)
+    except ControlError as err:
+        if err.code != "not_found":
+            raise
+        by_daemon, changed = True, False
+    else:
+        changed = True
+    if not by_daemon:
+        changed = _with_cards(config, work) is not False
+    if not changed:
         print(f"edgepoint: no card {id_tag}", file=sys.stderr)
         return EXIT_ERROR
     print(f"card {id_tag} {done}")

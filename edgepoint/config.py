@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import grp
+import os
 import stat
 import tomllib
 from collections.abc import Callable, Mapping
@@ -42,6 +43,25 @@ class ChargePointConfig:
     client_cert_file: Path | None = None  # TLS client certificate (security profile 3)
     client_key_file: Path | None = None  # its private key; mode 0600 or stricter
     outbox_max_messages: int = 50_000  # storage budget of the outbox, in messages
+    # Where SecurityProfile 2 and 3 connect when csms_url is ws:// (default: csms_url over
+    # wss://), and how many failed attempts with new security settings (a raised
+    # SecurityProfile, a new AuthorizationKey) bring the previous ones back.
+    csms_tls_url: str | None = None
+    fallback_attempts: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class FirmwareConfig:
+    """Firmware updates and diagnostics uploads ([firmware]; chargepoint/firmware.py)."""
+
+    # Run as `install_hook <firmware file>`: exit 0 = installed, 10 = installed and
+    # edgepoint must restart to run it, anything else = failed. None: updates are refused.
+    install_hook: Path | None = None
+    hook_timeout_s: float = 900.0
+    # Install only once no connector has a session (else at once: the hook decides).
+    wait_for_sessions: bool = True
+    max_download_mb: int = 512
+    transfer_timeout_s: float = 60.0  # per network operation of a download or an upload
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +99,17 @@ class CsmsConfig:
 
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
-    """Where the SQLite files live."""
+    """Where the SQLite files live, and how they are kept small and whole (storage/care.py)."""
 
     dir: Path
+    # Days edgepoint.db keeps dead letters (incl. quarantined rows) and closed sessions
+    # no message still needs; None: forever.
+    dead_letters_days: int | None = 90
+    sessions_days: int | None = 90
+    # Below this much free space (MiB) on the storage file system, data is thinned.
+    min_free_mb: int = 64
+    # Hours between online backups of both databases into storage.dir/backups; None: off.
+    backup_interval_h: int | None = 24
 
     @property
     def chargepoint_db(self) -> Path:
@@ -90,6 +118,15 @@ class StorageConfig:
     @property
     def csms_db(self) -> Path:
         return self.dir / "csms.db"
+
+
+@dataclass(frozen=True, slots=True)
+class ClockConfig:
+    """How far the system clock is trusted ([clock]; clock.py)."""
+
+    # True: the system clock is right without NTP (a battery-backed RTC); otherwise it
+    # counts as set only once NTP synchronised it or the CSMS's currentTime was applied.
+    trust_rtc: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +178,10 @@ class ConnectorConfig:
     id: int  # OCPP connectorId, 1..N without gaps
     relay_pin: int  # BCM GPIO number of its relay
     meter_channel: int  # ESP32 meter channel (the `ch` field of telemetry frames; 1 if absent)
+    # Its supply, for smart charging's W <-> A (charging/schedule.py): the nominal
+    # phase-to-neutral voltage and the phases wired (the ESP32 meters one).
+    voltage_v: float = 230.0
+    phases: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +255,8 @@ class Config:
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     firebase: FirebaseConfig = field(default_factory=FirebaseConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    firmware: FirmwareConfig = field(default_factory=FirmwareConfig)
+    clock: ClockConfig = field(default_factory=ClockConfig)
 
 
 DEFAULT_PATH = Path("config.toml")
@@ -316,10 +359,20 @@ def _chargepoint(r: _Reader) -> ChargePointConfig:
         raise r.fail(
             "meter_value_sample_interval", "has moved: set MeterValueSampleInterval in [ocpp]"
         )
+    tls_url = r.text("csms_tls_url") if "csms_tls_url" in r.raw else None
+    if tls_url is not None:
+        tls_parts = urlsplit(tls_url)
+        if tls_parts.scheme != "wss" or not tls_parts.hostname or tls_parts.password:
+            raise r.fail(
+                "csms_tls_url", f"must be a wss:// URL without a password, got {tls_url!r}"
+            )
+        tls_url = tls_url.rstrip("/")
     ca_file, cert, key = (
         r.optional_path(name) for name in ("ca_file", "client_cert_file", "client_key_file")
     )
-    _check_tls_files(r, parts.scheme, ca_file, cert, key)
+    # TLS files also serve a ws:// csms_url that security profiles 2 and 3 leave for
+    # csms_tls_url.
+    _check_tls_files(r, "wss" if tls_url else parts.scheme, ca_file, cert, key)
     return ChargePointConfig(
         csms_url=url.rstrip("/"),
         auth_key_file=r.path_("auth_key_file", "var/secrets/chargepoint.key"),
@@ -330,6 +383,21 @@ def _chargepoint(r: _Reader) -> ChargePointConfig:
         client_cert_file=cert,
         client_key_file=key,
         outbox_max_messages=r.number("outbox_max_messages", int, 100, 10_000_000, 50_000),
+        csms_tls_url=tls_url,
+        fallback_attempts=r.number("fallback_attempts", int, 1, 1000, 5),
+    )
+
+
+def _firmware(r: _Reader) -> FirmwareConfig:
+    hook = r.optional_path("install_hook")
+    if hook is not None and not (hook.is_file() and os.access(hook, os.X_OK)):
+        raise r.fail("install_hook", f"{hook} is not an executable file")
+    return FirmwareConfig(
+        install_hook=hook,
+        hook_timeout_s=r.number("hook_timeout_s", float, 1, 86_400, 900.0),
+        wait_for_sessions=r.get("wait_for_sessions", bool, True),
+        max_download_mb=r.number("max_download_mb", int, 1, 65_536, 512),
+        transfer_timeout_s=r.number("transfer_timeout_s", float, 1, 3600, 60.0),
     )
 
 
@@ -437,6 +505,16 @@ def _csms(r: _Reader) -> CsmsConfig:
     return config
 
 
+def _storage(r: _Reader) -> StorageConfig:
+    return StorageConfig(
+        dir=r.path_("dir", "var"),
+        dead_letters_days=_retention(r, "dead_letters_days", 90),
+        sessions_days=_retention(r, "sessions_days", 90),
+        min_free_mb=r.number("min_free_mb", int, 1, 1_000_000, 64),
+        backup_interval_h=r.number("backup_interval_h", int, 0, 8760, 24) or None,
+    )
+
+
 def _hardware(r: _Reader) -> HardwareConfig:
     def pin(name: str, default: int) -> int:
         return r.number(name, int, 0, 27, default)  # BCM GPIO numbers on the 40-pin header
@@ -485,7 +563,7 @@ def _rfid(
         raise r.fail("req_pin", 'only applies to interface = "i2c"')
     # A held card is read again a poll or two after each look; missing it for
     # less than that must never look like a removal.
-    if config.removal_s < 3 * config.poll_interval_s:
+    if config.removal_s < 3 * config.poll_interval_s - 1e-9:  # 3 * 0.2 is 0.6000000000000001
         raise r.fail("removal_s", "must be at least 3 times poll_interval_s")
     taken = {
         "hardware.green_led_pin": hardware.green_led_pin,
@@ -576,6 +654,8 @@ def _connectors(
             id=ident,
             relay_pin=r.number("relay_pin", int, 0, 27, _REQUIRED),
             meter_channel=r.number("meter_channel", int, 1, 8, ident),
+            voltage_v=r.number("voltage_v", float, 100, 300, 230.0),
+            phases=r.number("phases", int, 1, 3, 1),
         )
         r.finish()
         for number, earlier in enumerate(connectors, start=1):
@@ -767,6 +847,8 @@ def load_config(path: Path = DEFAULT_PATH) -> Config:
         "safety",
         "firebase",
         "ledger",
+        "clock",
+        "firmware",
     }
     for table in data:
         if table not in known:
@@ -788,7 +870,7 @@ def load_config(path: Path = DEFAULT_PATH) -> Config:
     station = section("station", _station)
     chargepoint = section("chargepoint", _chargepoint)
     csms = section("csms", _csms)
-    storage = section("storage", lambda r: StorageConfig(dir=r.path_("dir", "var")))
+    storage = section("storage", _storage)
     hardware = section("hardware", _hardware)
     connectors = _connectors(path, data, hardware)
     return Config(
@@ -807,4 +889,6 @@ def load_config(path: Path = DEFAULT_PATH) -> Config:
         safety=section("safety", lambda r: _safety(r, hardware.telemetry_timeout_s)),
         firebase=section("firebase", _firebase),
         ledger=section("ledger", _ledger),
+        firmware=section("firmware", _firmware),
+        clock=section("clock", lambda r: ClockConfig(trust_rtc=r.get("trust_rtc", bool, False))),
     )

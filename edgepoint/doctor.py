@@ -20,11 +20,12 @@ import sqlite3
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from edgepoint.clock import SystemClock, is_synced
+from edgepoint.clock import EARLIEST_PLAUSIBLE, kernel_clock_synced
 from edgepoint.config import Config
 from edgepoint.errors import ControlError, DeviceError
 
@@ -71,7 +72,7 @@ def run_doctor(config: Config, *, timeout_s: float = DEVICE_TIMEOUT_S) -> list[F
         findings += check_serial(config, timeout_s=timeout_s)
     findings += check_gpio(config)
     findings += check_groups(config)
-    findings.append(check_clock())
+    findings.append(check_clock(trust_rtc=config.clock.trust_rtc))
     findings += check_storage(config.storage.dir)
     return findings
 
@@ -588,25 +589,37 @@ def check_groups(config: Config) -> list[Finding]:
 # -- clock and storage ----------------------------------------------------------------------
 
 
-def check_clock() -> Finding:
-    """Check the wall clock is set (NTP, RTC): fake-hwclock restores a plausible, stale time."""
-    if not is_synced(SystemClock()):
+def check_clock(*, trust_rtc: bool = False) -> Finding:
+    """Check whether the wall clock is trusted (NTP, or an RTC the config vouches for).
+
+    fake-hwclock restores a plausible but stale time, so plausibility proves nothing: only
+    the kernel's word that NTP has synchronised it counts. The daemon still works without
+    it (provisional stamps, corrected once the CSMS or NTP gives the time), so a clock
+    that is not yet trusted is a warning, and one before the earliest plausible date a
+    failure: that host has neither RTC nor network time.
+    """
+    if trust_rtc:
+        return Finding("clock", Level.OK, "wall clock trusted: clock.trust_rtc (a fitted RTC)")
+    synced = kernel_clock_synced()
+    if synced:
+        return Finding("clock", Level.OK, "wall clock set, NTP synchronised")
+    if datetime.now(UTC) < EARLIEST_PLAUSIBLE:
         return Finding(
             "clock",
             Level.FAIL,
-            "the wall clock is not set: timestamps would be wrong and nothing is signed",
+            "the wall clock is not set: stamps stay provisional until the CSMS gives the time",
             "enable NTP (sudo timedatectl set-ntp true) and give it network, or fit an RTC",
         )
     ntp = _ntp_synchronized()
-    if ntp is False:
-        return Finding(
-            "clock",
-            Level.WARN,
-            "the clock looks set, but NTP has not synchronised it (fake-hwclock's time?)",
-            "check network time: timedatectl timesync-status",
-        )
-    detail = ", NTP synchronised" if ntp else ""
-    return Finding("clock", Level.OK, f"wall clock set{detail}")
+    if ntp:
+        return Finding("clock", Level.OK, "wall clock set, NTP synchronised (timedatectl)")
+    return Finding(
+        "clock",
+        Level.WARN,
+        "NTP has not synchronised the clock (fake-hwclock's time?): the daemon stamps "
+        "provisionally until NTP or the CSMS gives the time",
+        "check network time: timedatectl timesync-status",
+    )
 
 
 def _ntp_synchronized() -> bool | None:

@@ -6,6 +6,12 @@ commands the CSMS or a technician sends. So a RemoteStop can never race the tap 
 stops the same session, and each outcome's writes commit in one SQLite transaction
 before the relay closes.
 
+Reservations (ReserveNow) live here too: the kiosk knows the time of day, so it ends them
+at their expiry, and it places a reservation for "any connector" (connector 0) on a
+connector of its own as soon as only as many connectors are free as such reservations
+wait (then that connector shows Reserved). A session that uses a reservation ends it in
+the transaction that stores its StartTransaction (reservationId).
+
 After every item the interlocks (charging/faults.py) judge what the kiosk knows, and
 the faults they raise or clear go to the connectors as events. A failed database write
 is such a fault (the writes are kept and retried in order), never a crash. A watchdog
@@ -38,7 +44,7 @@ from edgepoint.charging.actions import (
     SetRelay,
     Signal,
 )
-from edgepoint.charging.connector import ActiveSession, Connector, Outcome, Phase
+from edgepoint.charging.connector import ActiveSession, Connector, Outcome, Phase, same_tag
 from edgepoint.charging.events import (
     AuthorizationResolved,
     AuthorizationStatus,
@@ -49,6 +55,8 @@ from edgepoint.charging.events import (
     FaultRaised,
     IdTag,
     RemoteStartRequested,
+    ReservationEnded,
+    ReservationMade,
     SessionId,
     SessionInvalidated,
     StopReason,
@@ -71,6 +79,7 @@ from edgepoint.clock import Clock
 from edgepoint.errors import StorageError
 from edgepoint.redact import mask_id_tag
 from edgepoint.storage.chargepoint import Change, ChargePointStore
+from edgepoint.storage.reservations import Reservation, drop_reservation, save_reservation
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +136,25 @@ class Esp32Port(Protocol):
         ...
 
 
+class SessionListener(Protocol):
+    """Who follows the sessions besides the kiosk (smart charging). Must not block."""
+
+    def session_began(
+        self,
+        connector_id: int,
+        session_id: SessionId,
+        id_tag: IdTag,
+        at: datetime,
+        charging_profile: Mapping[str, Any] | None,
+    ) -> None:
+        """A session began; `charging_profile` is the RemoteStartTransaction's, if any."""
+        ...
+
+    def session_ended(self, connector_id: int, session_id: SessionId) -> None: ...
+
+    def transaction_known(self, session_id: SessionId, transaction_id: int) -> None: ...
+
+
 class ReaderHealth(Protocol):
     """What the kiosk asks of the RFID reader besides its taps."""
 
@@ -146,10 +174,12 @@ def led_indication(phases: Iterable[Phase], csms_online: bool) -> Indication:
         (Phase.CHARGING, Indication.CHARGING),
         (Phase.FINISHING, Indication.FINISHING),
         (Phase.SUSPENDED, Indication.SUSPENDED),
+        (Phase.PAUSED, Indication.SUSPENDED),
     ):
         if phase in seen:
             return indication
-    if Phase.AVAILABLE in seen:
+    # A reserved connector waits for its driver's card like a free one.
+    if Phase.AVAILABLE in seen or Phase.RESERVED in seen:
         return Indication.AVAILABLE if csms_online else Indication.OFFLINE
     return Indication.UNAVAILABLE
 
@@ -171,6 +201,9 @@ class RemoteStart:
     id_tag: IdTag
     connector_id: int | None
     authorize: bool  # AuthorizeRemoteTxRequests
+    # The request's chargingProfile (a TxProfile), handed to the SessionListener with the
+    # session it starts.
+    charging_profile: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +237,20 @@ class TriggerMeterValues:
     connector_id: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class ReserveNow:
+    """Answered with ReserveNow.conf's status."""
+
+    reservation: Reservation
+
+
+@dataclass(frozen=True, slots=True)
+class CancelReservation:
+    """Answered with True when the reservation existed (and now is gone)."""
+
+    reservation_id: int
+
+
 Command = (
     RemoteStart
     | RemoteStop
@@ -212,6 +259,8 @@ Command = (
     | Reset
     | TriggerStatus
     | TriggerMeterValues
+    | ReserveNow
+    | CancelReservation
 )
 
 
@@ -262,6 +311,7 @@ class ConnectorSnapshot:
     telemetry_lost: bool
     faults: tuple[Fault, ...] = ()  # active, most severe first (the charge point's included)
     error_code: str = ErrorCode.NO_ERROR.value  # what its StatusNotification says
+    reservation: Reservation | None = None  # held, or claimed by the card being decided
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +377,7 @@ class Kiosk:
         esp32: Esp32Port | None = None,
         reader: ReaderHealth | None = None,
         loop_stall_s: float = LOOP_STALL_S,
+        sessions: SessionListener | None = None,
     ) -> None:
         self._setups = {setup.id: setup for setup in connectors}
         self._by_channel = {setup.meter_channel: setup.id for setup in connectors}
@@ -367,6 +418,12 @@ class Kiosk:
         self._handled = 0  # events given to connectors (watchers hear of idle ticks only then)
         self._watchers: set[Callable[[], None]] = set()
         self._authorizations: set[asyncio.Task[None]] = set()
+        self._sessions = sessions
+        # Accepted reservations by id, and the connector each is placed on (a connector-0
+        # one only once it must be); RemoteStart profiles waiting for their session.
+        self._reservations: dict[int, Reservation] = {}
+        self._placed: dict[int, int] = {}
+        self._remote_profiles: dict[int, tuple[IdTag, Mapping[str, Any]]] = {}
         self.last_progress = now  # monotonic time the loop last finished an item
 
     @property
@@ -431,6 +488,9 @@ class Kiosk:
                     telemetry_lost=Fault.TELEMETRY_LOST in c.faults,
                     faults=tuple(by_severity(c.faults)),
                     error_code=self._error_codes[cid],
+                    reservation=None
+                    if c.reservation_id is None
+                    else self._reservations.get(c.reservation_id),
                 )
             )
         return KioskSnapshot(
@@ -452,6 +512,7 @@ class Kiosk:
         await self._commit([self._status_write(0, self._cp_status(), self._cp_error_code(), now)])
         for cid in self.connector_ids:
             await self._execute(cid, self.connector(cid).start())
+        await self._place_restored()
         self._show()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch())
@@ -462,7 +523,7 @@ class Kiosk:
         """End running sessions now (relay open, StopTransaction stored) before exiting."""
         for cid in self.connector_ids:
             c = self.connector(cid)
-            if c.phase in (Phase.CHARGING, Phase.SUSPENDED, Phase.FINISHING):
+            if c.session is not None:
                 await self._handle(cid, StopRequested(reason, immediate=True))
             self._set_relay(cid, False)
         for task in self._authorizations:
@@ -488,6 +549,7 @@ class Kiosk:
             if item.reply is not None and not item.reply.done():
                 item.reply.set_result(answer)
         await self._judge_faults(fresh)
+        await self._place_reservations()
         self._show()
         self.last_progress = self._clock.monotonic()
         if isinstance(item.what, _Tick) and self._handled == handled:
@@ -523,22 +585,50 @@ class Kiosk:
             return await self._handle(item.connector_id, what)
         return await self._command(what)
 
-    async def _handle(self, cid: int, event: Event) -> Outcome:
+    async def _handle(self, cid: int, event: Event, writes: Iterable[Write] = ()) -> Outcome:
+        """Hand `event` to connector `cid` and carry out its actions; `writes` commit in
+        the same transaction as the outcome's own."""
         self._handled += 1
-        outcome = self.connector(cid).handle(event, self._clock.monotonic())
+        c = self.connector(cid)
+        outcome = c.handle(event, self._clock.monotonic())
         if not outcome.accepted:
             self._rejected += 1
             log.info("connector %d: %s rejected: %s", cid, type(event).__name__, outcome.reason)
-        await self._execute(cid, outcome.actions)
+        await self._execute(cid, outcome.actions, list(writes))
+        if c.phase is not Phase.AUTHORIZING:
+            self._remote_profiles.pop(cid, None)  # its remote start came to nothing
+        await self._lost_reservations(cid)
         return outcome
 
     async def _tap(self, event: TokenPresented) -> None:
-        """One reader for all connectors: a card stops its own session, else starts one."""
+        """One reader for all connectors: a card stops its own session, else starts one
+        (on the connector reserved for it, else on a free one)."""
         ids = self.connector_ids
-        mine = [c for c in ids if (s := self.connector(c).session) and s.id_tag == event.id_tag]
+        tag = event.id_tag
+        mine = [c for c in ids if (s := self.connector(c).session) and s.id_tag == tag]
+        reserved = [c for c in ids if self._reserved_for(c, tag)]
+        if not mine and not reserved:
+            reserved = await self._place_for(tag)
         free = [c for c in ids if self.connector(c).phase is Phase.AVAILABLE]
-        # No free connector: the first one tells the driver why (busy, faulted, unavailable).
-        await self._handle((mine or free or [ids[0]])[0], event)
+        # Reserved for a group: the card's parent is known only once it is authorized.
+        grouped = [
+            c
+            for c in ids
+            if self.connector(c).phase is Phase.RESERVED
+            and (r := self.connector(c).reservation) is not None
+            and r.parent_id_tag is not None
+        ]
+        # No connector for it: the first one tells the driver why (busy, faulted,
+        # unavailable, reserved for someone else).
+        await self._handle((mine or reserved or free or grouped or [ids[0]])[0], event)
+
+    def _reserved_for(self, cid: int, tag: IdTag) -> bool:
+        c = self.connector(cid)
+        return (
+            c.phase is Phase.RESERVED
+            and c.reservation is not None
+            and same_tag(c.reservation.id_tag, tag)
+        )
 
     # -- interlocks --------------------------------------------------------------------
 
@@ -606,6 +696,8 @@ class Kiosk:
             self._release_tripped(self._esp32)
         if self._storage_failed:
             await self._commit([])  # the kept writes, or an empty probe transaction
+        if self._reservations:
+            await self._expire_reservations()
 
     def _release_tripped(self, esp32: Esp32Port) -> None:
         """The firmware cut a relay when the pings stopped and holds it open until the Pi
@@ -653,8 +745,10 @@ class Kiosk:
 
     async def _command(self, command: Command) -> Any:
         match command:
-            case RemoteStart(id_tag=tag, connector_id=cid, authorize=authorize):
-                return await self._remote_start(tag, cid, authorize)
+            case RemoteStart(
+                id_tag=tag, connector_id=cid, authorize=authorize, charging_profile=profile
+            ):
+                return await self._remote_start(tag, cid, authorize, profile)
             case RemoteStop(transaction_id=tx):
                 for cid in self.connector_ids:
                     session = self.connector(cid).session
@@ -692,18 +786,192 @@ class Kiosk:
                 return True
             case TriggerMeterValues(connector_id=cid):
                 return await self._trigger_meter_values(cid)
+            case ReserveNow(reservation=reservation):
+                return await self._reserve(reservation)
+            case CancelReservation(reservation_id=rid):
+                if rid not in self._reservations:
+                    return False
+                await self._end_reservation(rid, "cancelled")
+                return True
         raise AssertionError(f"unknown command {command!r}")
 
-    async def _remote_start(self, tag: IdTag, cid: int | None, authorize: bool) -> bool:
+    async def _remote_start(
+        self,
+        tag: IdTag,
+        cid: int | None,
+        authorize: bool,
+        profile: Mapping[str, Any] | None = None,
+    ) -> bool:
         if cid is None:
-            free = [c for c in self.connector_ids if self.connector(c).phase is Phase.AVAILABLE]
-            if not free:
+            ids = self.connector_ids
+            reserved = [c for c in ids if self._reserved_for(c, tag)] or await self._place_for(tag)
+            free = [c for c in ids if self.connector(c).phase is Phase.AVAILABLE]
+            if not reserved and not free:
                 return False
-            cid = free[0]
+            cid = (reserved or free)[0]
         if cid not in self._setups:
             return False
+        if profile is not None:
+            # Before the event: without authorization the session begins while handling it.
+            self._remote_profiles[cid] = (tag, profile)
         outcome = await self._handle(cid, RemoteStartRequested(tag, authorize))
+        if not outcome.accepted:
+            self._remote_profiles.pop(cid, None)
         return outcome.accepted
+
+    # -- reservations ------------------------------------------------------------------
+
+    async def _reserve(self, reservation: Reservation) -> str:
+        """ReserveNow: Accepted, or why not (Occupied, Faulted, Unavailable, Rejected)."""
+        rid, cid = reservation.reservation_id, reservation.connector_id
+        if reservation.expiry <= self._clock.utc_now():
+            return "Rejected"
+        if cid != 0 and cid not in self._setups:
+            return "Rejected"
+        held = self._placed.get(rid)
+        if held is not None and held == cid and rid in self._reservations:
+            # The same id on the same connector: replaced in place, still Reserved.
+            event = ReservationMade(rid, reservation.id_tag, reservation.parent_id_tag)
+            await self._handle(cid, event, [self._reservation_write(reservation)])
+            self._reservations[rid] = reservation
+            return "Accepted"
+        if rid in self._reservations:
+            await self._end_reservation(rid, "replaced")
+        targets = list(self.connector_ids) if cid == 0 else [cid]
+        phases = [self.connector(t).phase for t in targets]
+        free = [c for c in self.connector_ids if self.connector(c).phase is Phase.AVAILABLE]
+        waiting = len(self._waiting_reservations())
+        if cid == 0:
+            if len(free) <= waiting:
+                return self._refusal(phases)
+            await self._commit([self._reservation_write(reservation)])
+            self._reservations[rid] = reservation
+            log.info("reservation %d accepted for any connector", rid)
+            return "Accepted"
+        if phases[0] is not Phase.AVAILABLE or len(free) - 1 < waiting:
+            return self._refusal(phases)
+        event = ReservationMade(rid, reservation.id_tag, reservation.parent_id_tag)
+        outcome = await self._handle(cid, event, [self._reservation_write(reservation)])
+        if not outcome.accepted:  # pragma: no cover - the phase was checked above
+            return "Occupied"
+        self._reservations[rid] = reservation
+        self._placed[rid] = cid
+        log.info("reservation %d accepted on connector %d", rid, cid)
+        return "Accepted"
+
+    def _refusal(self, phases: list[Phase]) -> str:
+        if not self._operative_cp or all(p is Phase.UNAVAILABLE for p in phases):
+            return "Unavailable"
+        if all(p is Phase.FAULTED for p in phases):
+            return "Faulted"
+        return "Occupied"
+
+    def _reservation_write(self, reservation: Reservation) -> Write:
+        async def write(change: Change) -> None:
+            await save_reservation(change, reservation)
+
+        return Write(write)
+
+    def _unreservation_write(self, reservation_id: int) -> Write:
+        async def write(change: Change) -> None:
+            await drop_reservation(change, reservation_id)
+
+        return Write(write)
+
+    async def _end_reservation(self, rid: int, why: str) -> None:
+        """Cancelled, expired or replaced: forget it, and free its connector."""
+        self._reservations.pop(rid, None)
+        cid = self._placed.pop(rid, None)
+        drop = self._unreservation_write(rid)
+        log.info("reservation %d %s", rid, why)
+        if cid is not None and self.connector(cid).reservation_id == rid:
+            await self._handle(cid, ReservationEnded(rid), [drop])
+        else:
+            await self._commit([drop])
+
+    async def _lost_reservations(self, cid: int) -> None:
+        """A reservation placed on `cid` that the connector no longer holds was used (its
+        session's write dropped it) or lost to a fault or Inoperative: one for this
+        connector ends, one for any connector waits to be placed again."""
+        held = self.connector(cid).reservation_id
+        for rid, placed in list(self._placed.items()):
+            if placed != cid or rid == held:
+                continue
+            del self._placed[rid]
+            reservation = self._reservations.get(rid)
+            if reservation is None or reservation.connector_id == 0:
+                continue
+            log.warning(
+                "reservation %d ends: connector %d is %s", rid, cid, self.connector(cid).phase
+            )
+            del self._reservations[rid]
+            await self._commit([self._unreservation_write(rid)])
+
+    async def _place_reservations(self) -> None:
+        """Keep a connector free for each reservation of any connector: once only as many
+        connectors are free as such reservations wait, each takes one (Reserved)."""
+        waiting = self._waiting_reservations()
+        if not waiting:
+            return
+        free = [c for c in self.connector_ids if self.connector(c).phase is Phase.AVAILABLE]
+        if len(free) > len(waiting):
+            return
+        for reservation, cid in zip(waiting, free, strict=False):
+            await self._place(reservation, cid)
+
+    def _waiting_reservations(self) -> list[Reservation]:
+        """Reservations for any connector not placed on one yet."""
+        return [
+            r
+            for r in self._reservations.values()
+            if r.connector_id == 0 and r.reservation_id not in self._placed
+        ]
+
+    async def _place(self, reservation: Reservation, cid: int) -> bool:
+        rid = reservation.reservation_id
+        event = ReservationMade(rid, reservation.id_tag, reservation.parent_id_tag)
+        if not (await self._handle(cid, event)).accepted:
+            return False
+        self._placed[rid] = cid
+        log.info("reservation %d for any connector placed on connector %d", rid, cid)
+        return True
+
+    async def _place_for(self, tag: IdTag) -> list[int]:
+        """The card of a waiting reservation for any connector takes a free connector
+        with it, so its session uses (and ends) the reservation."""
+        for reservation in self._waiting_reservations():
+            if not same_tag(reservation.id_tag, tag):
+                continue
+            for cid in self.connector_ids:
+                if self.connector(cid).phase is Phase.AVAILABLE and await self._place(
+                    reservation, cid
+                ):
+                    return [cid]
+        return []
+
+    def restore_reservations(self, stored: Iterable[Reservation]) -> None:
+        """Reservations accepted before a restart; placed when the loop starts."""
+        self._reservations = {r.reservation_id: r for r in stored}
+
+    async def _place_restored(self) -> None:
+        now = self._clock.utc_now()
+        for reservation in list(self._reservations.values()):
+            cid = reservation.connector_id
+            if reservation.expiry <= now:
+                await self._end_reservation(reservation.reservation_id, "expired meanwhile")
+                continue
+            if cid == 0:
+                continue  # placed by _place_reservations as the loop turns
+            if cid in self._setups and self.connector(cid).phase is Phase.AVAILABLE:
+                await self._place(reservation, cid)
+            else:
+                await self._end_reservation(reservation.reservation_id, "cannot be kept")
+
+    async def _expire_reservations(self) -> None:
+        now = self._clock.utc_now()
+        for rid, reservation in list(self._reservations.items()):
+            if reservation.expiry <= now:
+                await self._end_reservation(rid, "expired")
 
     async def _change_availability(self, cid: int, operative: bool) -> str:
         targets = list(self.connector_ids) if cid == 0 else [cid]
@@ -751,6 +1019,8 @@ class Kiosk:
         session_id = confirmed.session_id
         if confirmed.transaction_id is not None:
             self._tx_ids[session_id] = confirmed.transaction_id
+            if self._sessions is not None:
+                self._sessions.transaction_known(session_id, confirmed.transaction_id)
         info = confirmed.id_tag_info
         if info is None:
             return
@@ -793,11 +1063,14 @@ class Kiosk:
             self._relay_reported[cid] = closed
             self._esp32.report_relay(self._setups[cid].meter_channel, closed)
 
-    async def _execute(self, cid: int, actions: tuple[Action, ...]) -> None:
-        """Carry out actions in order; the writes of one outcome commit together, before
-        the relay closes (durable before energized) and before the outbox is woken."""
+    async def _execute(
+        self, cid: int, actions: tuple[Action, ...], writes: list[Write] | None = None
+    ) -> None:
+        """Carry out actions in order; the writes of one outcome (and `writes`) commit
+        together, before the relay closes (durable before energized) and before the
+        outbox is woken."""
         now = self._clock.utc_now()
-        writes: list[Write] = []
+        writes = writes if writes is not None else []
         metered = False
 
         async def flush() -> bool:
@@ -826,13 +1099,24 @@ class Kiosk:
                     task = asyncio.create_task(self._authorize(cid, id_tag))
                     self._authorizations.add(task)
                     task.add_done_callback(self._authorizations.discard)
-                case BeginSession(session_id=sid, id_tag=id_tag, meter_start_wh=meter):
-                    writes.append(self._begin_write(cid, sid, id_tag, meter, now))
+                case BeginSession(
+                    session_id=sid, id_tag=id_tag, meter_start_wh=meter, reservation_id=rid
+                ):
+                    writes.append(self._begin_write(cid, sid, id_tag, meter, now, rid))
+                    if rid is not None:
+                        # Used: gone in the same transaction as the StartTransaction.
+                        self._reservations.pop(rid, None)
+                        self._placed.pop(rid, None)
+                        writes.append(self._unreservation_write(rid))
+                        log.info("reservation %d used on connector %d", rid, cid)
+                    self._session_began(cid, action, now)
                 case RecordMeterValues(session_id=sid, sample=sample):
                     writes.append(self._meter_write(cid, sid, sample, now))
                     metered = True
-                case EndSession():
+                case EndSession(session_id=sid):
                     writes.append(self._end_write(action, now))
+                    if self._sessions is not None:
+                        self._sessions.session_ended(cid, sid)
         saved = await flush()
         if metered and saved and self._options.outbox_budget:
             # Only sampled values grow without bound while offline; over the budget they
@@ -844,6 +1128,14 @@ class Kiosk:
             else:
                 if thinned:
                     log.warning("outbox over its budget: %d sampled MeterValues thinned", thinned)
+
+    def _session_began(self, cid: int, begin: BeginSession, now: datetime) -> None:
+        """Tell the listener at once (before the relay closes: a limit applies from the
+        start), with the RemoteStartTransaction's charging profile when it is this card's."""
+        remote = self._remote_profiles.pop(cid, None)
+        if self._sessions is not None:
+            profile = remote[1] if remote and same_tag(remote[0], begin.id_tag) else None
+            self._sessions.session_began(cid, begin.session_id, begin.id_tag, now, profile)
 
     async def _commit(self, writes: list[Write]) -> bool:
         """Run the writes in one transaction, after any kept from failed ones (so the
@@ -916,13 +1208,19 @@ class Kiosk:
         return Write(write, billing=True)
 
     def _begin_write(
-        self, cid: int, sid: SessionId, id_tag: IdTag, meter: int, now: datetime
+        self,
+        cid: int,
+        sid: SessionId,
+        id_tag: IdTag,
+        meter: int,
+        now: datetime,
+        reservation_id: int | None = None,
     ) -> Write:
         message_id = new_message_id()
 
         async def write(change: Change) -> None:
             await change.begin_session(sid, cid, id_tag, meter, now)
-            start = messages.start_transaction(cid, id_tag, meter, now)
+            start = messages.start_transaction(cid, id_tag, meter, now, reservation_id)
             await change.enqueue("StartTransaction", start, now, message_id, sid)
 
         return Write(write, billing=True)
@@ -967,13 +1265,14 @@ class Kiosk:
         return error_code(self._cp_faults.active).value
 
     async def _authorize(self, cid: int, id_tag: IdTag) -> None:
+        parent: IdTag | None = None
         try:
             verdict = await self._authorizer.authorize(id_tag)
-            status = verdict.status
+            status, parent = verdict.status, verdict.parent_id_tag
         except asyncio.CancelledError:
             raise
         except Exception:
             # No verdict is a refusal, never a hung connector.
             log.exception("authorizing a card failed")
             status = AuthorizationStatus.INVALID
-        self.publish(AuthorizationResolved(id_tag, status), cid)
+        self.publish(AuthorizationResolved(id_tag, status, parent), cid)

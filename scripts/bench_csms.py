@@ -1104,6 +1104,13 @@ level = "WARNING"
 [safety]
 # The simulated 36 kW (single phase, about 157 A) is not an over-current here.
 max_current_a = 1000
+[rfid]
+# As a kiosk with the PN532's IRQ line wired: a tap is seen at once, not at the next poll.
+irq_pin = 16
+# The bench taps again 0.8 s after the last tap, the card away 0.5 s of it: a new tap,
+# not the reader's flicker (removal_s is at least 3 poll intervals).
+poll_interval_s = 0.1
+removal_s = 0.4
 [ocpp]
 MeterValueSampleInterval = 1
 # As the shipped config.toml: the embedded CSMS keeps the kiosk's local list in step,

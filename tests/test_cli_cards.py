@@ -110,6 +110,8 @@ def test_cards_changed_while_the_daemon_runs_take_effect(tmp_path: Path) -> None
         daemon.wait_ready()
         cli(config, "cards", "add", CARD, "--name", "Dora")  # daemon holds csms.db open
         assert cards(config)[CARD]["name"] == "Dora"
+        # Through the control API while the daemon runs: logged there with the user.
+        assert "control: cards.add" in daemon.log.read_text()
 
         tap(config)
         charging = daemon.wait_for(

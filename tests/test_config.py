@@ -16,11 +16,13 @@ from edgepoint.chargepoint.settings import REGISTRY
 from edgepoint.charging.faults import Limits
 from edgepoint.config import (
     ChargePointConfig,
+    ClockConfig,
     Config,
     ConnectorConfig,
     ControlConfig,
     CsmsConfig,
     FirebaseConfig,
+    FirmwareConfig,
     HardwareConfig,
     LedgerConfig,
     RfidConfig,
@@ -47,6 +49,8 @@ TABLES: dict[str, type] = {
     "safety": SafetyConfig,
     "firebase": FirebaseConfig,
     "ledger": LedgerConfig,
+    "clock": ClockConfig,
+    "firmware": FirmwareConfig,
     "connector": ConnectorConfig,  # [[connector]], documented as a commented-out example
 }
 
@@ -602,7 +606,12 @@ def test_ocpp_keys_are_kept_in_canonical_ocpp_form(tmp_path: Path) -> None:
         ("HeartbeatIntervall = 5", "ocpp.HeartbeatIntervall", "did you mean HeartbeatInterval?"),
         ("heartbeatinterval = 5", "ocpp.heartbeatinterval", "did you mean HeartbeatInterval?"),
         ("Foo = 1", "ocpp.Foo", "is not an OCPP configuration key this charge point supports"),
-        ("ReserveConnectorZeroSupported = true", "ocpp.ReserveConnectorZeroSupported", "not an"),
+        ("OfflineThreshold = 60", "ocpp.OfflineThreshold", "not an"),  # an OCPP 2.0.1 key
+        (
+            "ReserveConnectorZeroSupported = false",
+            "ocpp.ReserveConnectorZeroSupported",
+            "read-only",
+        ),
         ("NumberOfConnectors = 2", "ocpp.NumberOfConnectors", "is read-only"),
         ("GetConfigurationMaxKeys = 10", "ocpp.GetConfigurationMaxKeys", "is read-only"),
         ("SupportedFeatureProfiles = ['Core']", "ocpp.SupportedFeatureProfiles", "is read-only"),
@@ -661,3 +670,28 @@ def test_cli_names_a_missing_config_file(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert f"{path}: (file): does not exist" in result.stderr
+
+
+def test_removal_of_exactly_three_poll_intervals_is_enough(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(MINIMAL + "[rfid]\npoll_interval_s = 0.2\nremoval_s = 0.6\n")
+    assert load_config(path).rfid.removal_s == 0.6
+
+
+def test_firmware_and_security_settings(tmp_path: Path) -> None:
+    hook = tmp_path / "install.sh"
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    not_executable = write(tmp_path, MINIMAL + f'[firmware]\ninstall_hook = "{hook}"\n')
+    assert error_for(tmp_path, not_executable.read_text()).key == "firmware.install_hook"
+    hook.chmod(0o755)
+    config = load_config(write(tmp_path, MINIMAL + f'[firmware]\ninstall_hook = "{hook}"\n'))
+    assert config.firmware.install_hook == hook and config.firmware.wait_for_sessions
+    assert load_config(write(tmp_path, MINIMAL)).firmware.install_hook is None
+    # A TLS URL for profiles 2 and 3 lets the TLS files serve a ws:// csms_url.
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    text = MINIMAL + f'csms_tls_url = "wss://csms.example/ocpp/"\nca_file = "{ca}"\n'
+    chargepoint = load_config(write(tmp_path, text)).chargepoint
+    assert chargepoint.csms_tls_url == "wss://csms.example/ocpp" and chargepoint.ca_file == ca
+    bad = error_for(tmp_path, MINIMAL + 'csms_tls_url = "ws://csms.example/ocpp"\n')
+    assert bad.key == "chargepoint.csms_tls_url"

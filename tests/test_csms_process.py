@@ -10,6 +10,8 @@ from collections.abc import Callable
 import pytest
 from daemon_harness import Daemon, cli, query
 
+from edgepoint.csms.service import CSMS_NICENESS
+
 pytestmark = pytest.mark.timeout(60)
 
 CARD = "04A1B2C3"
@@ -74,6 +76,17 @@ def test_the_csms_process_does_not_outlive_a_killed_daemon(daemon: Daemon) -> No
     while alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not alive(child)
+
+
+def test_the_csms_process_yields_the_cpu_to_the_kiosk(daemon: Daemon) -> None:
+    daemon.start()
+    child = daemon.wait_ready()["links"]["embedded_csms"]["pid"]
+    assert daemon.proc is not None
+    kiosk_nice = os.getpriority(os.PRIO_PROCESS, daemon.proc.pid)
+    # Under load the scheduler favours the kiosk's taps over the site's chargers.
+    assert os.getpriority(os.PRIO_PROCESS, child) >= kiosk_nice + CSMS_NICENESS or (
+        os.getpriority(os.PRIO_PROCESS, child) == 19  # the ceiling
+    )
 
 
 def test_the_kiosk_local_list_follows_the_csms_cards(daemon: Daemon) -> None:

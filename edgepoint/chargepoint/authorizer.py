@@ -46,6 +46,7 @@ class Verdict:
 
     status: AuthorizationStatus
     source: Source
+    parent_id_tag: IdTag | None = None  # the card's group, as the deciding entry says
 
 
 def auth_settings(settings: Settings) -> AuthSettings:
@@ -89,16 +90,17 @@ class Authorizer:
         listed = await self.lists.list_entry(id_tag)
         known = known_tag(listed, await self.lists.cache_entry(id_tag), rules, now)
         decision = before_asking(known, rules, self._csms.online)
+        parent = known.parent_id_tag if known is not None else None
         if decision.verdict is not None:
-            return self._verdict(id_tag, decision.verdict, decision.source)
+            return self._verdict(id_tag, decision.verdict, decision.source, parent)
         info = await self._csms.authorize(id_tag, self._deadline)
         if info is None:
             decision = when_unanswered(known, rules)
             assert decision.verdict is not None  # the offline rules always decide
-            return self._verdict(id_tag, decision.verdict, decision.source)
+            return self._verdict(id_tag, decision.verdict, decision.source, parent)
         entry = tag_entry(info)
         await self.remember(id_tag, entry, listed is not None)
-        return self._verdict(id_tag, entry.status, Source.CSMS)
+        return self._verdict(id_tag, entry.status, Source.CSMS, entry.parent_id_tag)
 
     async def remember(
         self, id_tag: IdTag, entry: TagEntry, in_local_list: bool | None = None
@@ -116,6 +118,12 @@ class Authorizer:
         if cached is not None:
             await self.lists.store_cache(id_tag, cached, self._clock.utc_now())
 
-    def _verdict(self, id_tag: IdTag, status: AuthorizationStatus, source: Source) -> Verdict:
+    def _verdict(
+        self,
+        id_tag: IdTag,
+        status: AuthorizationStatus,
+        source: Source,
+        parent_id_tag: str | None = None,
+    ) -> Verdict:
         log.info("card %s: %s (%s)", mask_id_tag(id_tag), status, source)
-        return Verdict(status, source)
+        return Verdict(status, source, None if parent_id_tag is None else IdTag(parent_id_tag))

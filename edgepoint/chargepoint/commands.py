@@ -1,4 +1,5 @@
-"""Answers to the CSMS's requests (Core, Remote Trigger, Local Auth List Management).
+"""Answers to the CSMS's requests (Core, Remote Trigger, Local Auth List Management,
+Reservation; other profiles' handlers are added with `extend`).
 
 Each handler takes the request's schema-valid camelCase payload and returns the reply;
 what changes a connector is done by the kiosk loop (`Kiosk.submit`), so a command is
@@ -9,7 +10,7 @@ implement get NotSupported; unknown actions never get here (NotImplemented).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from edgepoint.chargepoint.authorizer import tag_entry
@@ -23,10 +24,12 @@ from edgepoint.charging.authorization import (
 from edgepoint.charging.events import IdTag
 from edgepoint.clock import Clock
 from edgepoint.kiosk import (
+    CancelReservation,
     ChangeAvailability,
     Command,
     RemoteStart,
     RemoteStop,
+    ReserveNow,
     Reset,
     TriggerMeterValues,
     TriggerStatus,
@@ -34,8 +37,10 @@ from edgepoint.kiosk import (
 )
 from edgepoint.ocppj.endpoint import Reply
 from edgepoint.ocppj.errors import ErrorCode, Refusal
+from edgepoint.ocppj.validation import parse_datetime
 from edgepoint.redact import mask_id_tag, printable
 from edgepoint.storage.auth_lists import AuthListStore
+from edgepoint.storage.reservations import Reservation
 from edgepoint.storage.settings import SettingsRepository
 
 log = logging.getLogger(__name__)
@@ -55,6 +60,8 @@ class LinkPort(Protocol):
 
 
 _Handler = Callable[["CommandHandler", dict[str, Any]], Awaitable[Reply]]
+# A handler of another part of the charge point (firmware, security), added by `extend`.
+ActionHandler = Callable[[dict[str, Any]], Awaitable[Reply]]
 
 
 class CommandHandler:
@@ -79,10 +86,30 @@ class CommandHandler:
         self._clock = clock
         self._request_reset = request_reset
         self._wake_outbox = wake_outbox
+        self._extensions: dict[str, ActionHandler] = {}
+        # Smart charging's judgement of a RemoteStartTransaction's chargingProfile (why it
+        # cannot be used, or None); unset: the profile is ignored, as §5.11 allows a
+        # charge point without smart charging.
+        self.remote_profile_problem: Callable[[Mapping[str, Any]], str | None] | None = None
+        self._triggers: dict[str, Callable[[], Awaitable[None]]] = {}
+
+    def extend(
+        self,
+        handlers: dict[str, ActionHandler],
+        triggers: dict[str, Callable[[], Awaitable[None]]] | None = None,
+    ) -> None:
+        """Answer more actions (Firmware Management, the security extension), and send
+        TriggerMessage's DiagnosticsStatusNotification / FirmwareStatusNotification with
+        `triggers` (their current status) instead of Idle."""
+        self._extensions.update(handlers)
+        self._triggers.update(triggers or {})
 
     async def handle(self, action: str, payload: dict[str, Any]) -> Reply:
         handler = _HANDLERS.get(action)
         if handler is None:
+            extension = self._extensions.get(action)
+            if extension is not None:
+                return await extension(payload)
             raise Refusal(
                 ErrorCode.NOT_SUPPORTED, f"{action} is not supported by this charge point"
             )
@@ -136,8 +163,16 @@ class CommandHandler:
         cid = payload.get("connectorId")
         if cid is not None and (cid <= 0 or cid not in self._kiosk.connector_ids):
             return Reply({"status": "Rejected"})
+        profile = payload.get("chargingProfile")
+        if profile is not None and self.remote_profile_problem is not None:
+            problem = self.remote_profile_problem(profile)
+            if problem is not None:
+                log.info("RemoteStartTransaction rejected: its charging profile: %s", problem)
+                return Reply({"status": "Rejected"})
+        elif profile is not None:
+            profile = None
         accepted = await self._kiosk.submit(
-            RemoteStart(tag, cid, self._settings.flag("AuthorizeRemoteTxRequests"))
+            RemoteStart(tag, cid, self._settings.flag("AuthorizeRemoteTxRequests"), profile)
         )
         log.info(
             "RemoteStartTransaction for %s: %s",
@@ -189,6 +224,8 @@ class CommandHandler:
             async def after() -> None:
                 await self._kiosk.submit(TriggerMeterValues(cid))
 
+        elif message in self._triggers:
+            after = self._triggers[message]
         elif message == "DiagnosticsStatusNotification":
 
             async def after() -> None:
@@ -202,6 +239,34 @@ class CommandHandler:
         else:  # the schema's enum leaves nothing else
             return Reply({"status": "NotImplemented"})
         return Reply({"status": "Accepted"}, after=after)
+
+    # -- Reservation ----------------------------------------------------------------------
+
+    async def reserve_now(self, payload: dict[str, Any]) -> Reply:
+        cid = int(payload["connectorId"])
+        if cid < 0 or (cid == 0 and not self._settings.flag("ReserveConnectorZeroSupported")):
+            return Reply({"status": "Rejected"})
+        parent = payload.get("parentIdTag")
+        reservation = Reservation(
+            int(payload["reservationId"]),
+            cid,
+            IdTag(payload["idTag"]),
+            parse_datetime(payload["expiryDate"]),
+            None if parent is None else IdTag(parent),
+        )
+        status = await self._kiosk.submit(ReserveNow(reservation))
+        log.info(
+            "ReserveNow %d on connector %d for %s: %s",
+            reservation.reservation_id,
+            cid,
+            mask_id_tag(reservation.id_tag),
+            status,
+        )
+        return Reply({"status": status})
+
+    async def cancel_reservation(self, payload: dict[str, Any]) -> Reply:
+        cancelled = await self._kiosk.submit(CancelReservation(int(payload["reservationId"])))
+        return Reply({"status": "Accepted" if cancelled else "Rejected"})
 
     # -- Local Auth List Management -------------------------------------------------------
 
@@ -247,4 +312,6 @@ _HANDLERS: dict[str, _Handler] = {
     "TriggerMessage": CommandHandler.trigger_message,
     "GetLocalListVersion": CommandHandler.get_local_list_version,
     "SendLocalList": CommandHandler.send_local_list,
+    "ReserveNow": CommandHandler.reserve_now,
+    "CancelReservation": CommandHandler.cancel_reservation,
 }

@@ -16,7 +16,8 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
@@ -75,6 +76,87 @@ async def _refuse_all(action: str, payload: dict[str, Any]) -> Reply:
     raise Refusal(ErrorCode.NOT_SUPPORTED, f"{action} is not handled")
 
 
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What one connection attempt uses: where, with which password, over which TLS."""
+
+    url: str  # the CSMS endpoint, without the charge point id
+    auth_key: str | None  # HTTP Basic password (user = charge point id); None: no header
+    tls: ssl.SSLContext | None  # None: plain ws://
+    profile: int | None = None  # the OCPP SecurityProfile these make up, when known
+
+
+class ConnectionPolicy(Protocol):
+    """Chooses the credentials of each connection and hears how each attempt went.
+
+    The security extension's policy (chargepoint/security.py) follows SecurityProfile,
+    AuthorizationKey and the installed certificates, and falls back to the settings
+    that last connected when new ones keep failing.
+    """
+
+    async def credentials(self) -> Credentials: ...
+
+    async def connected(self) -> None:
+        """The CSMS accepted us on a connection made with the last credentials."""
+
+    async def failed(self, error: BaseException) -> None:
+        """An attempt with the last credentials ended before the CSMS accepted us."""
+
+
+class StaticPolicy:
+    """The configuration's credentials, always: csms_url, the key file, the TLS files."""
+
+    def __init__(self, config: ChargePointConfig, auth_key: str | None) -> None:
+        self._config = config
+        self._auth_key = auth_key
+
+    async def credentials(self) -> Credentials:
+        return Credentials(self._config.csms_url, self._auth_key, tls_context(self._config))
+
+    async def connected(self) -> None:
+        return None
+
+    async def failed(self, error: BaseException) -> None:
+        return None
+
+
+def tls_context(
+    config: ChargePointConfig,
+    *,
+    url: str | None = None,
+    extra_roots: str | None = None,
+    identity: tuple[Path, Path] | None = None,
+    use_configured_identity: bool = True,
+) -> ssl.SSLContext | None:
+    """A verifying TLS 1.2+ client context for a wss:// `url` (default csms_url), else None.
+
+    Trusts the system's CAs, `chargepoint.ca_file` and `extra_roots` (PEM); presents
+    `identity` (certificate chain, key) or else the configured client certificate.
+    """
+    if not (url or config.csms_url).startswith("wss://"):
+        return None
+    context = ssl.create_default_context(
+        cafile=None if config.ca_file is None else str(config.ca_file)
+    )
+    # The security whitepaper allows nothing older than TLS 1.2.
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if extra_roots:
+        context.load_verify_locations(cadata=extra_roots)
+    if identity is not None:
+        context.load_cert_chain(str(identity[0]), str(identity[1]))
+    elif (
+        use_configured_identity
+        and config.client_cert_file is not None
+        and config.client_key_file is not None
+    ):
+        context.load_cert_chain(str(config.client_cert_file), str(config.client_key_file))
+    return context
+
+
+class Reconnect(Exception):
+    """Raised inside a connection to end it on purpose: new credentials are to be used."""
+
+
 class CsmsLink:
     """Keeps one OCPP connection to the CSMS alive and carries calls over it."""
 
@@ -88,10 +170,14 @@ class CsmsLink:
         *,
         backoff: Callable[[int], float] | None = None,
         adopt_time: Callable[[Any], bool] | None = None,
+        policy: ConnectionPolicy | None = None,
     ) -> None:
         self._station = station
         self._config = config
-        self._auth_key = auth_key
+        self._policy: ConnectionPolicy = policy or StaticPolicy(config, auth_key)
+        self._base_url = config.csms_url
+        self._reconnect_requested = False
+        self._answering = 0
         self._settings = settings
         self._clock = clock
         self._backoff = backoff or (lambda n: exponential(n, cap_s=config.reconnect_max_s))
@@ -148,7 +234,15 @@ class CsmsLink:
 
     @property
     def url(self) -> str:
-        return f"{self._config.csms_url}/{self._station.id}"
+        """The endpoint of the current (or last) connection, charge point id included."""
+        return f"{self._base_url}/{self._station.id}"
+
+    def request_reconnect(self) -> None:
+        """Connect again with fresh credentials: at once when idle, or right after the reply
+        to the CSMS request being answered (a ChangeConfiguration of AuthorizationKey)."""
+        self._reconnect_requested = True
+        if not self._answering:
+            self._heartbeat_changed.set()  # wakes the session, which then ends the connection
 
     def snapshot(self) -> LinkSnapshot:
         stats = self._endpoint.stats if self._endpoint is not None else self._stats
@@ -246,9 +340,14 @@ class CsmsLink:
                 accepted = await self._connect_once()
             except asyncio.CancelledError:
                 raise
+            except Reconnect as err:
+                accepted = self._went_online
+                log.info("reconnecting to the CSMS: %s", err)
             except Exception as err:  # any failure costs this connection, never the daemon
                 accepted = self._went_online
                 self._last_error = _describe(err)[:300]
+                if not accepted and not self._closing:
+                    await self._report_failure(err)
                 if not self._closing:
                     self._throttled.log(
                         logging.WARNING,
@@ -276,32 +375,29 @@ class CsmsLink:
             with contextlib.suppress(Exception):
                 await ws.close(code=1000, reason="charge point shutting down")
 
-    def _tls(self) -> ssl.SSLContext | None:
-        if not self._config.csms_url.startswith("wss://"):
-            return None
-        context = ssl.create_default_context(
-            cafile=None if self._config.ca_file is None else str(self._config.ca_file)
-        )
-        if self._config.client_cert_file is not None and self._config.client_key_file is not None:
-            context.load_cert_chain(
-                str(self._config.client_cert_file), str(self._config.client_key_file)
-            )
-        return context
+    async def _report_failure(self, err: BaseException) -> None:
+        try:
+            await self._policy.failed(err)
+        except Exception:  # the policy's trouble must not stop the reconnecting
+            log.exception("the connection policy failed to take a failed attempt")
 
-    def _headers(self) -> dict[str, str]:
-        if not self._auth_key:
+    def _headers(self, auth_key: str | None) -> dict[str, str]:
+        if not auth_key:
             return {}
-        token = base64.b64encode(f"{self._station.id}:{self._auth_key}".encode()).decode()
+        token = base64.b64encode(f"{self._station.id}:{auth_key}".encode()).decode()
         return {"Authorization": f"Basic {token}"}
 
     async def _connect_once(self) -> bool:
         """One connection from open to close; True if the CSMS accepted us on it."""
         ping = self._settings.integer("WebSocketPingInterval")
+        self._reconnect_requested = False
+        credentials = await self._policy.credentials()
+        self._base_url = credentials.url.rstrip("/")
         async with connect(
             self.url,
             subprotocols=[SUBPROTOCOL],
-            additional_headers=self._headers(),
-            ssl=self._tls(),
+            additional_headers=self._headers(credentials.auth_key),
+            ssl=credentials.tls,
             open_timeout=max(5.0, self._config.response_timeout),
             ping_interval=ping or None,
             ping_timeout=(ping or None) and ping,
@@ -344,7 +440,22 @@ class CsmsLink:
         if self.state is LinkState.REJECTED:
             # OCPP 1.6 §4.2: while rejected, the charge point does not act on requests.
             raise Refusal(ErrorCode.GENERIC_ERROR, "not accepted by the central system")
-        return await self.handler(action, payload)
+        self._answering += 1
+        try:
+            reply = await self.handler(action, payload)
+        finally:
+            self._answering -= 1
+        if not self._reconnect_requested:
+            return reply
+        # The reply goes out on this connection first; then the connection ends.
+        follow = reply.after
+
+        async def then() -> None:
+            if follow is not None:
+                await follow()
+            self._heartbeat_changed.set()
+
+        return Reply(reply.payload, after=then)
 
     async def _session(self) -> None:
         """Boot (once per process), then stay online with heartbeats until cancelled."""
@@ -353,8 +464,14 @@ class CsmsLink:
             await self._boot()
         self.state = LinkState.ONLINE
         self._went_online = True
+        try:
+            await self._policy.connected()
+        except Exception:  # the connection is good whatever the policy's trouble
+            log.exception("the connection policy failed to take a successful connection")
         self.on_online(first)
         while True:
+            if self._reconnect_requested:
+                raise Reconnect("new credentials")
             interval = self._heartbeat_interval or self._settings.integer("HeartbeatInterval")
             self._heartbeat_changed.clear()
             with contextlib.suppress(TimeoutError):

@@ -25,14 +25,21 @@ DEFAULT_MEASURANDS = tuple(MEASURANDS)
 
 
 def start_transaction(
-    connector_id: int, id_tag: IdTag, meter_start_wh: int, at: datetime
+    connector_id: int,
+    id_tag: IdTag,
+    meter_start_wh: int,
+    at: datetime,
+    reservation_id: int | None = None,
 ) -> dict[str, Any]:
-    return {
+    message: dict[str, Any] = {
         "connectorId": connector_id,
         "idTag": id_tag,
         "meterStart": meter_start_wh,
         "timestamp": iso_utc(at),
     }
+    if reservation_id is not None:
+        message["reservationId"] = reservation_id
+    return message
 
 
 def sampled_values(

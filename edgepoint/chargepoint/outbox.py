@@ -39,6 +39,18 @@ log = logging.getLogger(__name__)
 
 # Rows read per query while draining a backlog.
 READ_AHEAD = 64
+# Messages of optional profiles and of the security extension: a CSMS that does not
+# implement one says so (NotSupported, NotImplemented), and no retry will change that,
+# so they go to the dead letters at once instead of holding up the queue behind them.
+OPTIONAL_ACTIONS = frozenset(
+    {
+        "DiagnosticsStatusNotification",
+        "FirmwareStatusNotification",
+        "LogStatusNotification",
+        "SecurityEventNotification",
+        "SignedFirmwareStatusNotification",
+    }
+)
 
 
 class OnlineLink(Protocol):
@@ -177,6 +189,11 @@ class OutboxSender:
             await self._failed(entry, Failure.INVALID, str(err))
             return False
         except CallErrorReceived as err:
+            if entry.action in OPTIONAL_ACTIONS and err.code in ("NotSupported", "NotImplemented"):
+                await self._fail(
+                    entry, GiveUp(f"the CSMS does not take {entry.action} ({err.code})")
+                )
+                return False
             await self._failed(entry, Failure.REFUSED, f"CallError {err.code}: {err.description}")
             return False
         except InvalidReply as err:

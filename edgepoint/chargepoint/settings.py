@@ -43,6 +43,9 @@ class Profile(StrEnum):
     CORE = "Core"
     LOCAL_AUTH_LIST = "LocalAuthListManagement"
     REMOTE_TRIGGER = "RemoteTrigger"  # has no configuration keys of its own
+    FIRMWARE_MANAGEMENT = "FirmwareManagement"
+    SMART_CHARGING = "SmartCharging"
+    RESERVATION = "Reservation"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,9 @@ class KeyDef:
     high: int | None = None
     members: frozenset[str] = frozenset()  # CSL: the allowed items (empty: see parse_value)
     max_items: int | None = None  # CSL: reported as the read-only <name>MaxLength key
+    # Write-only (the security whitepaper's AuthorizationKey): GetConfiguration names the
+    # key but never shows its value.
+    writeonly: bool = False
 
 
 class InvalidValue(ValueError):
@@ -177,6 +183,54 @@ _DEFINITIONS = (
     # About 100 kB of JSON per SendLocalList with 20-character ids: far below the
     # WebSocket frame limit, and quick to schema-validate on a Pi.
     _fixed("SendLocalListMaxLength", 1_000, Profile.LOCAL_AUTH_LIST),
+    # -- Firmware Management ----------------------------------------------------------
+    # chargepoint/transfer.py: urllib and ftplib.
+    KeyDef(
+        "SupportedFileTransferProtocols",
+        KeyType.CSL,
+        _R,
+        "FTP,FTPS,HTTP,HTTPS",
+        profile=Profile.FIRMWARE_MANAGEMENT,
+    ),
+    # -- Security Whitepaper edition 3 (no feature profile of its own) ---------------------
+    # Several CSMS roots may be installed side by side (a new one before the old expires).
+    KeyDef("AdditionalRootCertificateCheck", KeyType.BOOL, _R, "false"),
+    # The Basic auth password (profiles 1 and 2); empty: chargepoint.auth_key_file's.
+    # Never readable; its rules (16-40 characters) are chargepoint/security.py's guard.
+    KeyDef("AuthorizationKey", KeyType.STR, _RW, "", writeonly=True),
+    _fixed("CertificateSignedMaxChainSize", 10_000),  # CertificateSigned.req's schema limit
+    _fixed("CertificateStoreMaxLength", 20),  # root certificates, both kinds together
+    KeyDef("CpoName", KeyType.STR, _RW, ""),  # O of the charge point certificate's CSR
+    # 0-3, only ever raised (security.py's guard); the default follows the configuration
+    # (app.py): wss:// with a client certificate is 3, wss:// 2, a key file 1.
+    KeyDef("SecurityProfile", KeyType.INT, _RW, "0", low=0, high=3),
+    # -- Smart Charging (9.4; charging/schedule.py) ---------------------------------------
+    # Enough levels to stack a site plan, a tariff and a per-session limit, with room.
+    _fixed("ChargeProfileMaxStackLevel", 10, Profile.SMART_CHARGING),
+    # Limits are applied in A (the ESP32's pilot); W converts with each connector's
+    # supply ([[connector]] voltage_v and phases).
+    KeyDef(
+        "ChargingScheduleAllowedChargingRateUnit",
+        KeyType.CSL,
+        _R,
+        "Current,Power",
+        profile=Profile.SMART_CHARGING,
+    ),
+    # A day in half-hour slots (tariff periods).
+    _fixed("ChargingScheduleMaxPeriods", 48, Profile.SMART_CHARGING),
+    # The connectors' phases are wired; nothing switches them during a session.
+    KeyDef(
+        "ConnectorSwitch3to1PhaseSupported",
+        KeyType.BOOL,
+        _R,
+        "false",
+        profile=Profile.SMART_CHARGING,
+    ),
+    # Every purpose and connector together (TxProfiles included).
+    _fixed("MaxChargingProfilesInstalled", 20, Profile.SMART_CHARGING),
+    # -- Reservation (9.5) -------------------------------------------------------------
+    # A reservation for any connector keeps one free for the card (kiosk.py).
+    KeyDef("ReserveConnectorZeroSupported", KeyType.BOOL, _R, "true", profile=Profile.RESERVATION),
 )
 
 # Every key this charge point knows, by its exact OCPP name; read-only at run time.
@@ -194,6 +248,9 @@ BoolKey = Literal[
     "StopTransactionOnInvalidId",
     "UnlockConnectorOnEVSideDisconnect",
     "LocalAuthListEnabled",
+    "AdditionalRootCertificateCheck",
+    "ConnectorSwitch3to1PhaseSupported",
+    "ReserveConnectorZeroSupported",
 ]
 IntKey = Literal[
     "BlinkRepeat",
@@ -217,6 +274,12 @@ IntKey = Literal[
     "WebSocketPingInterval",
     "LocalAuthListMaxLength",
     "SendLocalListMaxLength",
+    "CertificateSignedMaxChainSize",
+    "CertificateStoreMaxLength",
+    "SecurityProfile",
+    "ChargeProfileMaxStackLevel",
+    "ChargingScheduleMaxPeriods",
+    "MaxChargingProfilesInstalled",
 ]
 CslKey = Literal[
     "ConnectorPhaseRotation",
@@ -225,6 +288,8 @@ CslKey = Literal[
     "StopTxnAlignedData",
     "StopTxnSampledData",
     "SupportedFeatureProfiles",
+    "SupportedFileTransferProtocols",
+    "ChargingScheduleAllowedChargingRateUnit",
 ]
 
 _INT = re.compile(r"[+-]?[0-9]{1,12}")
@@ -303,10 +368,13 @@ class KeyValue:
 
     key: str
     readonly: bool
-    value: str
+    value: str | None  # None: a write-only key, named without its value
 
     def to_ocpp(self) -> dict[str, str | bool]:
-        return {"key": self.key, "readonly": self.readonly, "value": self.value}
+        entry: dict[str, str | bool] = {"key": self.key, "readonly": self.readonly}
+        if self.value is not None:
+            entry["value"] = self.value
+        return entry
 
 
 class GetResult(NamedTuple):
@@ -340,6 +408,8 @@ class SettingChange:
 
 
 Subscriber = Callable[[SettingChange], None]
+# A key's extra rule for ChangeConfiguration: (value now, canonical new value) -> why not.
+Guard = Callable[[str, str], str | None]
 
 
 class Settings:
@@ -371,6 +441,7 @@ class Settings:
         self._reported |= self._checked(overrides or {}, "stored CSMS change")
         self._running = dict(self._reported)
         self._subscribers: list[tuple[frozenset[str] | None, Subscriber]] = []
+        self._guards: dict[str, Guard] = {}
 
     def _default(self, key: KeyDef) -> str:
         n = self._connectors
@@ -455,7 +526,8 @@ class Settings:
         return GetResult(known, unknown)
 
     def _entry(self, name: str) -> KeyValue:
-        return KeyValue(name, self._registry[name].readonly, self._reported[name])
+        key = self._registry[name]
+        return KeyValue(name, key.readonly, None if key.writeonly else self._reported[name])
 
     # -- ChangeConfiguration -------------------------------------------------------------
 
@@ -471,6 +543,9 @@ class Settings:
             canonical = parse_value(definition, value, self._connectors)
         except InvalidValue as err:
             return ChangeOutcome(ConfigurationStatus.REJECTED, name, reason=str(err))
+        guard = self._guards.get(name)
+        if guard is not None and (reason := guard(self._reported[name], canonical)) is not None:
+            return ChangeOutcome(ConfigurationStatus.REJECTED, name, reason=reason)
         if definition.reboot_required:
             return ChangeOutcome(ConfigurationStatus.REBOOT_REQUIRED, name, canonical)
         return ChangeOutcome(ConfigurationStatus.ACCEPTED, name, canonical)
@@ -494,6 +569,13 @@ class Settings:
             self.apply(outcome)
         return outcome
 
+    def guard(self, name: str, rule: Guard) -> None:
+        """Add a rule a ChangeConfiguration of `name` must pass (beyond its type and bounds),
+        such as SecurityProfile's "never lower"; it sees the value now and the new one."""
+        if name not in self._registry:
+            raise KeyError(f"not a configuration key: {name}")
+        self._guards[name] = rule
+
     # -- following changes ------------------------------------------------------------
 
     def subscribe(
@@ -516,4 +598,5 @@ class Settings:
                 except Exception:
                     # The change is made and will be answered Accepted; one broken
                     # follower must not stop the others from following it.
-                    log.exception("a subscriber failed to follow %s = %s", change.key, change.new)
+                    shown = "****" if self._registry[change.key].writeonly else change.new
+                    log.exception("a subscriber failed to follow %s = %s", change.key, shown)

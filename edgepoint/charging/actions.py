@@ -82,6 +82,7 @@ class BeginSession:
     session_id: SessionId
     id_tag: IdTag
     meter_start_wh: int
+    reservation_id: int | None = None  # the reservation this session uses (and so ends)
 
 
 @dataclass(frozen=True, slots=True)

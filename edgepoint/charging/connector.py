@@ -1,4 +1,19 @@
-"""The connector state machine: one explicit transition table from (phase, event) to actions."""
+"""The connector state machine: one explicit transition table from (phase, event) to actions.
+
+Two phases hold a session without energy flowing. SUSPENDED: the CSMS refused the card
+after the start; the relay is open. PAUSED: smart charging limits the connector to 0 A;
+the relay stays closed and the ESP32 holds the car at 0 A through the pilot signal (its
+current limit), as IEC 61851 means an EVSE to pause: the car stops drawing and waits,
+the contactor is not cycled (or opened under load) at every change of a CSMS's schedule,
+and charging resumes the moment the limit rises. Both report SuspendedEVSE.
+
+RESERVED holds an idle connector for one card (ReserveNow): the reserved card, or when
+the reservation names a parentIdTag any card whose authorization carries that parent,
+may start; every other card is refused. The session it starts carries the reservation
+(StartTransaction's reservationId) and ends it. Expiry and cancelling are the kiosk's
+(it knows the time of day): they arrive as ReservationEnded. A fault or an Inoperative
+ChangeAvailability ends a reservation (the kiosk notices it is gone).
+"""
 
 from __future__ import annotations
 
@@ -22,12 +37,15 @@ from edgepoint.charging.events import (
     AuthorizationResolved,
     AuthorizationStatus,
     AvailabilityRequested,
+    ChargingPaused,
     Event,
     Fault,
     FaultCleared,
     FaultRaised,
     IdTag,
     RemoteStartRequested,
+    ReservationEnded,
+    ReservationMade,
     SessionId,
     SessionInvalidated,
     StopReason,
@@ -44,10 +62,12 @@ class Phase(StrEnum):
     AVAILABLE = "Available"
     AUTHORIZING = "Authorizing"  # card seen, verdict pending; OCPP status stays Available
     CHARGING = "Charging"
+    PAUSED = "Paused"  # session open, relay closed, smart charging's limit is 0 A
     SUSPENDED = "Suspended"  # session open, energy withheld (card invalidated by the CSMS)
     FINISHING = "Finishing"  # relay open, waiting for the final meter reading
     FAULTED = "Faulted"  # exactly while at least one fault is active (`Connector.faults`)
     UNAVAILABLE = "Unavailable"  # Inoperative by ChangeAvailability
+    RESERVED = "Reserved"  # held for one card (or one parentIdTag) by ReserveNow
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +108,14 @@ class _Invalidation:
     until_wh: int  # register reading at which the allowance is used up
 
 
-_SESSION_PHASES = frozenset({Phase.CHARGING, Phase.SUSPENDED, Phase.FINISHING})
+_SESSION_PHASES = frozenset({Phase.CHARGING, Phase.PAUSED, Phase.SUSPENDED, Phase.FINISHING})
+# The phases in which the relay is closed: energy may flow (PAUSED: at 0 A).
+ENERGIZED_PHASES = frozenset({Phase.CHARGING, Phase.PAUSED})
+
+
+def same_tag(a: str | None, b: str | None) -> bool:
+    """IdTokens are CiString20: compared without regard to case."""
+    return a is not None and b is not None and a.casefold() == b.casefold()
 
 
 class Connector:
@@ -114,6 +141,10 @@ class Connector:
         self.last_sample: TelemetrySample | None = None
         # Active interlocks (this connector's and the charge point's): FAULTED iff any.
         self.faults: frozenset[Fault] = frozenset()
+        # The reservation held (RESERVED) or claimed by the card being decided (AUTHORIZING).
+        self.reservation: ReservationMade | None = None
+        # Smart charging's limit is 0: a session starts, and charges, PAUSED.
+        self.paused = False
         self._last_meter_values_at = 0.0
         self._pending_stop: _PendingStop | None = None
         self._invalidation: _Invalidation | None = None
@@ -134,15 +165,28 @@ class Connector:
     @property
     def status(self) -> ConnectorStatus:
         """The OCPP status that this phase reports."""
+        if self.phase is Phase.AUTHORIZING and self.reservation is not None:
+            return ConnectorStatus.RESERVED  # the reserved card is being decided
         return {
             Phase.AVAILABLE: ConnectorStatus.AVAILABLE,
             Phase.AUTHORIZING: ConnectorStatus.AVAILABLE,
             Phase.CHARGING: ConnectorStatus.CHARGING,
+            Phase.PAUSED: ConnectorStatus.SUSPENDED_EVSE,
             Phase.SUSPENDED: ConnectorStatus.SUSPENDED_EVSE,
             Phase.FINISHING: ConnectorStatus.FINISHING,
             Phase.FAULTED: ConnectorStatus.FAULTED,
             Phase.UNAVAILABLE: ConnectorStatus.UNAVAILABLE,
+            Phase.RESERVED: ConnectorStatus.RESERVED,
         }[self.phase]
+
+    @property
+    def reservation_id(self) -> int | None:
+        """The reservation this connector holds or a card being decided claims."""
+        return None if self.reservation is None else self.reservation.reservation_id
+
+    def _idle_phase(self) -> Phase:
+        """Where a card that does not start a session leaves the connector."""
+        return Phase.RESERVED if self.reservation is not None else Phase.AVAILABLE
 
     def start(self) -> tuple[Action, ...]:
         """Actions to take once at start-up: a safe relay and the initial status."""
@@ -170,6 +214,12 @@ class Connector:
 
     def _remote_start(self, event: Event, now: float) -> Outcome:
         assert isinstance(event, RemoteStartRequested)
+        if self.reservation is not None:
+            if not self._may_claim(event.id_tag):
+                return _rejected("reserved for another card")
+            if not event.authorize and not same_tag(event.id_tag, self.reservation.id_tag):
+                # Only an authorization tells the card's parentIdTag.
+                return _rejected("reserved for a parent id tag: the card must be authorized")
         if event.authorize:
             self.phase = Phase.AUTHORIZING
             self.pending_tag = event.id_tag
@@ -177,6 +227,60 @@ class Connector:
         if self.last_sample is None:
             return _rejected("no meter reading yet")
         return self._begin_session(event.id_tag, now)
+
+    def _may_claim(self, id_tag: IdTag) -> bool:
+        """Whether a card may try for the reservation (its parent is known only after)."""
+        assert self.reservation is not None
+        return (
+            same_tag(id_tag, self.reservation.id_tag) or self.reservation.parent_id_tag is not None
+        )
+
+    def _claims(self, id_tag: IdTag, parent_id_tag: IdTag | None) -> bool:
+        """Whether an authorized card may use the reservation held."""
+        assert self.reservation is not None
+        return same_tag(id_tag, self.reservation.id_tag) or same_tag(
+            parent_id_tag, self.reservation.parent_id_tag
+        )
+
+    def _card_when_reserved(self, event: Event, now: float) -> Outcome:
+        assert isinstance(event, TokenPresented) and self.reservation is not None
+        if not self._may_claim(event.id_tag):
+            return Outcome(False, (Signal(Feedback.REJECTED),), "reserved for another card")
+        self.phase = Phase.AUTHORIZING
+        self.pending_tag = event.id_tag
+        return Outcome(True, (Signal(Feedback.READING), RequestAuthorization(event.id_tag)))
+
+    def _reserve(self, event: Event, now: float) -> Outcome:
+        assert isinstance(event, ReservationMade)
+        if self.reservation is not None:
+            if event.reservation_id != self.reservation.reservation_id:
+                return _rejected(f"already reserved ({self.reservation.reservation_id})")
+            self.reservation = event  # the same reservation id: ReserveNow replaces it
+            return Outcome(True, reason="reservation replaced")
+        self.reservation = event
+        self.phase = Phase.RESERVED
+        return Outcome(True, (ReportStatus(ConnectorStatus.RESERVED),))
+
+    def _unreserve(self, event: Event, now: float) -> Outcome:
+        assert isinstance(event, ReservationEnded)
+        if self.reservation_id != event.reservation_id:
+            return _rejected(f"no reservation {event.reservation_id}")
+        self.reservation = None
+        if self.phase is Phase.RESERVED:
+            self.phase = Phase.AVAILABLE
+        # A card being decided for it goes on deciding, for a free connector now.
+        return Outcome(True, (ReportStatus(ConnectorStatus.AVAILABLE),))
+
+    def _limit_changed(self, event: Event, now: float) -> Outcome:
+        assert isinstance(event, ChargingPaused)
+        self.paused = event.paused
+        if self.phase is Phase.CHARGING and event.paused:
+            self.phase = Phase.PAUSED
+            return Outcome(True, (ReportStatus(ConnectorStatus.SUSPENDED_EVSE),), "limit 0")
+        if self.phase is Phase.PAUSED and not event.paused:
+            self.phase = Phase.CHARGING
+            return Outcome(True, (ReportStatus(ConnectorStatus.CHARGING),), "limit above 0")
+        return Outcome(True)
 
     def _card_while_busy(self, event: Event, now: float) -> Outcome:
         # A second tap while the first is being decided or the session is closing:
@@ -189,31 +293,38 @@ class Connector:
             return _rejected("verdict for a card that is not pending")
         self.pending_tag = None
         if event.status is not AuthorizationStatus.ACCEPTED:
-            self.phase = Phase.AVAILABLE
+            self.phase = self._idle_phase()
             return Outcome(True, (Signal(Feedback.REJECTED),), f"card {event.status}")
+        if self.reservation is not None and not self._claims(event.id_tag, event.parent_id_tag):
+            self.phase = Phase.RESERVED
+            return Outcome(True, (Signal(Feedback.REJECTED),), "not the reservation's card")
         if self.last_sample is None:
             # Without a meter reading there is no meterStart: refuse rather than guess.
-            self.phase = Phase.AVAILABLE
+            self.phase = self._idle_phase()
             return Outcome(True, (Signal(Feedback.FAULT),), "no telemetry yet")
         return self._begin_session(event.id_tag, now)
 
     def _begin_session(self, id_tag: IdTag, now: float) -> Outcome:
         assert self.last_sample is not None
         self.session = ActiveSession(self._new_session_id(), id_tag, self.last_sample.energy_wh)
-        self.phase = Phase.CHARGING
+        self.phase = Phase.PAUSED if self.paused else Phase.CHARGING
         self.pending_tag = None
         self._invalidation = None
         self._peak_wh = self.session.meter_start_wh
         self._last_meter_values_at = now
+        reservation = self.reservation_id
+        self.reservation = None  # used: the session ends it
         return Outcome(
             True,
             (
                 ReportStatus(ConnectorStatus.PREPARING),
                 # Durable before the relay closes: a crash right after must still
                 # leave a session to close.
-                BeginSession(self.session.session_id, id_tag, self.session.meter_start_wh),
+                BeginSession(
+                    self.session.session_id, id_tag, self.session.meter_start_wh, reservation
+                ),
                 SetRelay(closed=True),
-                ReportStatus(ConnectorStatus.CHARGING),
+                ReportStatus(self.status),
                 Signal(Feedback.ACCEPTED),
             ),
         )
@@ -227,7 +338,7 @@ class Connector:
             self._last_meter_values_at = now
             actions = (RecordMeterValues(self.session.session_id, event),)
         spent = self._invalidation is not None and self._peak_wh >= self._invalidation.until_wh
-        if spent and self.phase is Phase.CHARGING:
+        if spent and self.phase in ENERGIZED_PHASES:
             return Outcome(True, actions + self._withhold().actions)
         return Outcome(True, actions)
 
@@ -243,12 +354,12 @@ class Connector:
         assert self._invalidation is not None
         if self._invalidation.stop:
             return self._begin_stop(_PendingStop(None, StopReason.DEAUTHORIZED))
-        self.phase = Phase.SUSPENDED
-        return Outcome(
-            True,
-            (SetRelay(closed=False), ReportStatus(ConnectorStatus.SUSPENDED_EVSE)),
-            "energy withheld: card invalidated",
+        # From PAUSED the status (SuspendedEVSE) stays: only the relay opens.
+        report = (
+            (ReportStatus(ConnectorStatus.SUSPENDED_EVSE),) if self.phase is Phase.CHARGING else ()
         )
+        self.phase = Phase.SUSPENDED
+        return Outcome(True, (SetRelay(closed=False), *report), "energy withheld: card invalidated")
 
     def _card_in_session(self, event: Event, now: float) -> Outcome:
         assert isinstance(event, TokenPresented) and self.session is not None
@@ -329,6 +440,7 @@ class Connector:
             actions.extend(self._finish().actions)
         else:
             self.pending_tag = None
+            self.reservation = None  # a faulted connector cannot keep its promise
             self.phase = Phase.FAULTED
             actions.append(ReportStatus(ConnectorStatus.FAULTED, self.error_code))
         actions.append(Signal(Feedback.FAULT))
@@ -368,9 +480,9 @@ class Connector:
 
     def _cancel_authorization(self, event: Event, now: float) -> Outcome:
         # Reset or shutdown while a card is being decided: forget it; a late verdict
-        # then finds nothing pending and is rejected.
+        # then finds nothing pending and is rejected. A reservation it claimed stays.
         self.pending_tag = None
-        self.phase = Phase.AVAILABLE
+        self.phase = self._idle_phase()
         return Outcome(True)
 
     # -- availability (ChangeAvailability) -------------------------------------------
@@ -383,14 +495,16 @@ class Connector:
             return Outcome(True, scheduled=not event.operative)
         if self.phase is Phase.FAULTED:
             return Outcome(True, reason="applies once the fault clears")
-        target = Phase.AVAILABLE if event.operative else Phase.UNAVAILABLE
-        if self.status is self.idle_status:
-            # Already reporting what was asked: a card being decided (AUTHORIZING reports
-            # Available) keeps its place under a repeated Operative.
+        if event.operative is (self.phase is not Phase.UNAVAILABLE):
+            # Already what was asked: a card being decided keeps its place, and a
+            # reservation stays, under a repeated Operative.
             return Outcome(True)
-        self.phase = target
+        ended = self.reservation
+        self.phase = Phase.AVAILABLE if event.operative else Phase.UNAVAILABLE
         self.pending_tag = None
-        return Outcome(True, (ReportStatus(self.idle_status),))
+        self.reservation = None
+        why = f"reservation {ended.reservation_id} ends" if ended is not None else ""
+        return Outcome(True, (ReportStatus(self.idle_status),), why)
 
 
 _Handler = Callable[[Connector, Event, float], Outcome]
@@ -402,28 +516,43 @@ _TABLE: dict[tuple[Phase, type], _Handler] = {
     (Phase.AVAILABLE, TelemetrySample): Connector._track,
     (Phase.AVAILABLE, FaultRaised): Connector._fault,
     (Phase.AVAILABLE, AvailabilityRequested): Connector._availability,
+    (Phase.AVAILABLE, ReservationMade): Connector._reserve,
+    (Phase.AVAILABLE, ChargingPaused): Connector._limit_changed,
     (Phase.AUTHORIZING, AuthorizationResolved): Connector._verdict,
     (Phase.AUTHORIZING, TokenPresented): Connector._card_while_busy,
     (Phase.AUTHORIZING, TelemetrySample): Connector._track,
     (Phase.AUTHORIZING, FaultRaised): Connector._fault,
     (Phase.AUTHORIZING, StopRequested): Connector._cancel_authorization,
     (Phase.AUTHORIZING, AvailabilityRequested): Connector._availability,
+    (Phase.AUTHORIZING, ReservationEnded): Connector._unreserve,
+    (Phase.AUTHORIZING, ChargingPaused): Connector._limit_changed,
     (Phase.CHARGING, TokenPresented): Connector._card_in_session,
     (Phase.CHARGING, TelemetrySample): Connector._sample_in_session,
     (Phase.CHARGING, FaultRaised): Connector._fault,
     (Phase.CHARGING, StopRequested): Connector._stop_in_session,
     (Phase.CHARGING, SessionInvalidated): Connector._invalidated,
     (Phase.CHARGING, AvailabilityRequested): Connector._availability,
+    (Phase.CHARGING, ChargingPaused): Connector._limit_changed,
+    # PAUSED: a session held at 0 A, otherwise like CHARGING.
+    (Phase.PAUSED, TokenPresented): Connector._card_in_session,
+    (Phase.PAUSED, TelemetrySample): Connector._sample_in_session,
+    (Phase.PAUSED, FaultRaised): Connector._fault,
+    (Phase.PAUSED, StopRequested): Connector._stop_in_session,
+    (Phase.PAUSED, SessionInvalidated): Connector._invalidated,
+    (Phase.PAUSED, AvailabilityRequested): Connector._availability,
+    (Phase.PAUSED, ChargingPaused): Connector._limit_changed,
     (Phase.SUSPENDED, TokenPresented): Connector._card_in_session,
     (Phase.SUSPENDED, TelemetrySample): Connector._sample_in_session,
     (Phase.SUSPENDED, FaultRaised): Connector._fault,
     (Phase.SUSPENDED, StopRequested): Connector._stop_in_session,
     (Phase.SUSPENDED, AvailabilityRequested): Connector._availability,
+    (Phase.SUSPENDED, ChargingPaused): Connector._limit_changed,
     (Phase.FINISHING, TelemetrySample): Connector._sample_while_finishing,
     (Phase.FINISHING, TokenPresented): Connector._card_while_busy,
     (Phase.FINISHING, FaultRaised): Connector._fault,
     (Phase.FINISHING, StopRequested): Connector._stop_while_finishing,
     (Phase.FINISHING, AvailabilityRequested): Connector._availability,
+    (Phase.FINISHING, ChargingPaused): Connector._limit_changed,
     # Faulted until the last fault clears: samples are only watched (the interlocks
     # judge them), cards refused, and a second fault only changes the errorCode.
     (Phase.FAULTED, TelemetrySample): Connector._track,
@@ -431,8 +560,19 @@ _TABLE: dict[tuple[Phase, type], _Handler] = {
     (Phase.FAULTED, AvailabilityRequested): Connector._availability,
     (Phase.FAULTED, FaultRaised): Connector._another_fault,
     (Phase.FAULTED, FaultCleared): Connector._fault_cleared,
+    (Phase.FAULTED, ChargingPaused): Connector._limit_changed,
     (Phase.UNAVAILABLE, TelemetrySample): Connector._track,
     (Phase.UNAVAILABLE, FaultRaised): Connector._fault,
     (Phase.UNAVAILABLE, TokenPresented): Connector._card_refused,
     (Phase.UNAVAILABLE, AvailabilityRequested): Connector._availability,
+    (Phase.UNAVAILABLE, ChargingPaused): Connector._limit_changed,
+    # RESERVED: idle, but only for the reservation's card (or parent).
+    (Phase.RESERVED, TokenPresented): Connector._card_when_reserved,
+    (Phase.RESERVED, RemoteStartRequested): Connector._remote_start,
+    (Phase.RESERVED, TelemetrySample): Connector._track,
+    (Phase.RESERVED, FaultRaised): Connector._fault,
+    (Phase.RESERVED, AvailabilityRequested): Connector._availability,
+    (Phase.RESERVED, ReservationMade): Connector._reserve,
+    (Phase.RESERVED, ReservationEnded): Connector._unreserve,
+    (Phase.RESERVED, ChargingPaused): Connector._limit_changed,
 }

@@ -50,6 +50,8 @@ class AuthorizationResolved:
 
     id_tag: IdTag
     status: AuthorizationStatus
+    # The card's parentIdTag as the answer gave it: a reservation may be for a group.
+    parent_id_tag: IdTag | None = None
 
 
 class Fault(StrEnum):
@@ -133,6 +135,29 @@ class SessionInvalidated:
     allowance_wh: int  # MaxEnergyOnInvalidId: energy still allowed before that happens
 
 
+@dataclass(frozen=True, slots=True)
+class ReservationMade:
+    """ReserveNow: hold the connector for `id_tag`, or any card of `parent_id_tag`."""
+
+    reservation_id: int
+    id_tag: IdTag
+    parent_id_tag: IdTag | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationEnded:
+    """The reservation was cancelled, expired, or replaced: the connector is free again."""
+
+    reservation_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChargingPaused:
+    """Smart charging limits the connector to 0 (paused), or to more than 0 again."""
+
+    paused: bool
+
+
 Event = (
     TokenPresented
     | TelemetrySample
@@ -143,4 +168,7 @@ Event = (
     | RemoteStartRequested
     | AvailabilityRequested
     | SessionInvalidated
+    | ReservationMade
+    | ReservationEnded
+    | ChargingPaused
 )

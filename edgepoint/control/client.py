@@ -88,13 +88,15 @@ async def _answer(reader: asyncio.StreamReader) -> Any:
 
 
 async def request(
-    path: Path, cmd: str, *, answer_within_s: float = ANSWER_WITHIN_S, **args: Any
+    path: Path, cmd: str, *, answer_within_s: float | None = None, **args: Any
 ) -> Any:
     """Send one command and return its result; ControlError (with `.code`) otherwise.
 
-    `answer_within_s`: longer for a command that waits on something slow (a charger's
-    answer to an operator command).
+    `answer_within_s` (default ANSWER_WITHIN_S): longer for a command that waits on
+    something slow (a charger's answer to an operator command).
     """
+    if answer_within_s is None:
+        answer_within_s = ANSWER_WITHIN_S
     try:
         async with asyncio.timeout(answer_within_s):
             reader, writer = await _connect(path)

@@ -47,6 +47,9 @@ class Limits:
     # A client that has not taken an answer or event this long after it was written is
     # dropped: its buffer stays bounded and nothing in the daemon waits on it.
     send_timeout_s: float = 5.0
+    # At shutdown, a request being answered (a reset whose Accepted is on its way back)
+    # gets this long to finish before its connection is cut.
+    shutdown_grace_s: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +132,9 @@ class ControlServer:
             # itself, so shutdown would hang. End the connections first (clients see EOF).
             self._stopping = True
             server.close()
+            # A second cancel cuts the grace short; the first one still ends run().
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._finish_answers()
             connections = list(self._connections)
             for task in connections:
                 task.cancel()
@@ -136,6 +142,19 @@ class ControlServer:
                 self._path.unlink()
             await asyncio.gather(*connections, return_exceptions=True)
             await server.wait_closed()
+
+    async def _finish_answers(self) -> None:
+        """End idle connections (watches) now; let requests being answered send their
+        answer within the grace period."""
+        busy = [c for c in self._clients if not c.idle.is_set()]
+        keep = {c.task for c in busy}
+        for task in self._connections - keep:
+            task.cancel()
+        if not busy:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._limits.shutdown_grace_s):
+                await asyncio.gather(*(c.idle.wait() for c in busy))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -155,7 +174,7 @@ class ControlServer:
         connection: _Connection | None = None
         try:
             peer = await _identify(writer)
-            connection = _Connection(self._context, reader, writer, peer)
+            connection = _Connection(self._context, reader, writer, peer, task)
             self._clients.add(connection)
             await connection.serve()
         except asyncio.CancelledError:
@@ -222,8 +241,10 @@ class _Connection:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         peer: Peer,
+        task: asyncio.Task[Any],
     ) -> None:
         self._context = context
+        self.task = task  # the server's task serving this connection
         self._reader = reader
         self._writer = writer
         self.peer = peer
@@ -233,6 +254,8 @@ class _Connection:
         # answer is always the first line the client reads after its request.
         self._pending: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._unsubscribe: list[Callable[[], None]] = []
+        self.idle = asyncio.Event()  # clear while a request is being answered
+        self.idle.set()
 
     async def serve(self) -> None:
         """Answer requests until EOF; reading on during a watch is what notices EOF at once."""
@@ -255,7 +278,11 @@ class _Connection:
                     return
                 if not line:
                     return
-                await self.send(await self._answer(line))
+                self.idle.clear()
+                try:
+                    await self.send(await self._answer(line))
+                finally:
+                    self.idle.set()
                 self._tasks += [asyncio.create_task(follow()) for follow in self._pending]
                 self._pending.clear()
         except (_Gone, ConnectionError):

@@ -173,6 +173,11 @@ class ChargePointSession:
             "DataTransfer": self.on_data_transfer,
             "FirmwareStatusNotification": self.on_firmware_status_notification,
             "DiagnosticsStatusNotification": self.on_diagnostics_status_notification,
+            # The security extension's notifications: acknowledged and logged (a charge
+            # point queues them like transaction messages; a refusal would only pile up).
+            "SecurityEventNotification": self.on_security_event_notification,
+            "LogStatusNotification": self.on_log_status_notification,
+            "SignedFirmwareStatusNotification": self.on_log_status_notification,
         }
 
     @property
@@ -530,4 +535,23 @@ class ChargePointSession:
             self.charge_point_id, status, self._now()
         )
         log.info("%s: diagnostics status %s", self.charge_point_id, status)
+        return Reply({})
+
+    async def on_security_event_notification(self, payload: Payload) -> Reply:
+        log.info(
+            "%s: security event %s at %s%s",
+            self.charge_point_id,
+            printable(payload["type"], 50),
+            payload["timestamp"],
+            f": {printable(payload['techInfo'], 255)}" if "techInfo" in payload else "",
+        )
+        return Reply({})
+
+    async def on_log_status_notification(self, payload: Payload) -> Reply:
+        log.info(
+            "%s: log or signed firmware status %s (request %s)",
+            self.charge_point_id,
+            payload["status"],
+            payload.get("requestId", "-"),
+        )
         return Reply({})

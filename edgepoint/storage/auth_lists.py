@@ -107,6 +107,26 @@ class AuthListStore:
                 "DELETE FROM auth_cache WHERE id_tag IN (SELECT id_tag FROM local_list)"
             )
 
+    async def change_list_entry(self, tag: IdTag, entry: TagEntry | None) -> bool:
+        """A technician's edit of one card on site (None removes it), in one statement.
+
+        The version stays the CSMS's: its next full SendLocalList replaces the edit, a
+        differential one applies on top. True if a row was written or removed.
+        """
+        async with self._db.write() as db:
+            if entry is None:
+                cur = await db.execute("DELETE FROM local_list WHERE id_tag = ?", (tag,))
+            else:
+                cur = await db.execute(
+                    "INSERT INTO local_list (id_tag, status, expiry, parent_id_tag)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (id_tag) DO UPDATE SET"
+                    " status = excluded.status, expiry = excluded.expiry,"
+                    " parent_id_tag = excluded.parent_id_tag",
+                    _row(tag, entry),
+                )
+                await db.execute("DELETE FROM auth_cache WHERE id_tag = ?", (tag,))  # §3.5.3
+            return cur.rowcount > 0
+
     # -- authorization cache ------------------------------------------------------------
 
     async def cache_entry(self, tag: IdTag) -> TagEntry | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,7 +16,10 @@ from ocpp.charge_point import snake_to_camel_case
 from edgepoint.charging.events import IdTag, SessionId
 from edgepoint.clock import iso_utc
 from edgepoint.storage.auth_lists import AUTH_LISTS_SCHEMA
+from edgepoint.storage.charging_profiles import CHARGING_PROFILES_SCHEMA
 from edgepoint.storage.cloud_schema import CLOUD_SCHEMA
+from edgepoint.storage.maintenance_schema import MAINTENANCE_SCHEMA
+from edgepoint.storage.reservations import RESERVATIONS_SCHEMA
 from edgepoint.storage.settings import SETTINGS_SCHEMA
 from edgepoint.storage.sqlite import Database
 
@@ -87,6 +90,13 @@ MIGRATIONS = [
     SETTINGS_SCHEMA,
     # 5: the fleet's view: what Firebase and the signed ledger still have to receive.
     CLOUD_SCHEMA,
+    # 6: firmware management and the security extension: root certificates, the
+    # security log, the connection fallback, the firmware update in progress.
+    MAINTENANCE_SCHEMA,
+    # 7: the charging profiles the CSMS installed (smart charging).
+    CHARGING_PROFILES_SCHEMA,
+    # 8: reservations (ReserveNow), so that a restart keeps them.
+    RESERVATIONS_SCHEMA,
 ]
 
 TRANSACTION_ACTIONS = frozenset({"StartTransaction", "MeterValues", "StopTransaction"})
@@ -150,6 +160,12 @@ class Change:
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
+
+    @property
+    def connection(self) -> aiosqlite.Connection:
+        """The transaction's connection, for another repository's writes in the same
+        commit (storage/reservations.py)."""
+        return self._db
 
     async def begin_session(
         self,
@@ -223,6 +239,15 @@ class ChargePointStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+
+    @property
+    def before_commit(self) -> Callable[[aiosqlite.Connection], Awaitable[None]] | None:
+        """Runs last inside every write transaction of edgepoint.db (Database.before_commit)."""
+        return self.db.before_commit
+
+    @before_commit.setter
+    def before_commit(self, hook: Callable[[aiosqlite.Connection], Awaitable[None]] | None) -> None:
+        self.db.before_commit = hook
 
     @classmethod
     async def open(cls, path: Path) -> ChargePointStore:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Self
@@ -134,6 +134,10 @@ class Database:
         self.connection = connection
         self._label = label
         self._lock = asyncio.Lock()
+        # Runs last inside every write transaction (timesync: moves a provisional stamp
+        # taken just before the clock switched and written just after, whoever wrote it,
+        # before anyone can read it).
+        self.before_commit: Callable[[aiosqlite.Connection], Awaitable[None]] | None = None
 
     @classmethod
     async def open(cls, path: Path, migrations: Sequence[Migration]) -> Self:
@@ -178,6 +182,8 @@ class Database:
             raise
         try:
             yield self.connection
+            if self.before_commit is not None:
+                await self.before_commit(self.connection)
             await self.connection.execute("COMMIT")
         except BaseException as err:
             with contextlib.suppress(sqlite3.Error):

@@ -98,14 +98,7 @@ BASE_CALLS: list[tuple[str, dict[str, Any]]] = [
     ("GetCompositeSchedule", {"connectorId": 1, "duration": 60}),
 ]
 # Actions OCPP 1.6 defines that this charge point does not implement: NotSupported.
-UNSUPPORTED = {
-    "ReserveNow",
-    "CancelReservation",
-    "GetDiagnostics",
-    "UpdateFirmware",
-    "ClearChargingProfile",
-    "GetCompositeSchedule",
-}
+UNSUPPORTED: set[str] = set()
 
 
 def _schema(action: str) -> dict[str, Any]:
@@ -221,7 +214,8 @@ class Generator:
         makers = [
             (self.schema_break, 46),
             (self.unknown_action, 10),
-            (self.unsupported, 3),
+            # Once every profile is implemented there is nothing left to refuse.
+            *([(self.unsupported, 3)] if UNSUPPORTED else []),
             (self.semantic, 4),
             (self.bad_action, 4),
             (self.non_frame, 5),
@@ -393,6 +387,58 @@ class Generator:
                 ("GetConfiguration", {"key": ["Nope\r\nWARNING forged", "\x1b]0;pwned\x07"]}),
                 ("DataTransfer", {"vendorId": "x" * rng.randint(1, 255), "data": "\udc80" * 50}),
                 ("GetLocalListVersion", {}),
+                # Smart charging and reservations: refused, never installed (the session
+                # under test must keep charging).
+                (
+                    "SetChargingProfile",
+                    {
+                        "connectorId": rng.choice([0, 1, 7, -1]),
+                        "csChargingProfiles": {
+                            "chargingProfileId": rng.choice([1, -1, 2**31 - 1]),
+                            "stackLevel": rng.choice([99, -1, 2**31 - 1]),
+                            "chargingProfilePurpose": "TxDefaultProfile",
+                            "chargingProfileKind": rng.choice(["Absolute", "Recurring"]),
+                            "chargingSchedule": {
+                                "chargingRateUnit": "W",
+                                "chargingSchedulePeriod": [
+                                    {"startPeriod": rng.choice([0, -5]), "limit": 0.0}
+                                ],
+                            },
+                        },
+                    },
+                ),
+                (
+                    "SetChargingProfile",
+                    {
+                        "connectorId": 1,
+                        "csChargingProfiles": {
+                            "chargingProfileId": 3,
+                            "transactionId": rng.choice([-1, 0, 2**31 - 1]),
+                            "stackLevel": 0,
+                            "chargingProfilePurpose": "TxProfile",
+                            "chargingProfileKind": "Relative",
+                            "chargingSchedule": {
+                                "chargingRateUnit": "A",
+                                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 0.0}],
+                            },
+                        },
+                    },
+                ),
+                (
+                    "GetCompositeSchedule",
+                    {"connectorId": rng.choice([0, 1, 9, -1]), "duration": 2**31 - 1},
+                ),
+                ("ClearChargingProfile", {"id": rng.choice([-1, 2**31 - 1])}),
+                (
+                    "ReserveNow",
+                    {
+                        "connectorId": rng.choice([7, -1]),
+                        "expiryDate": _future(rng.choice([-1, 1])),
+                        "idTag": FUZZ_TAGS[2],
+                        "reservationId": rng.choice([-1, 2**31 - 1]),
+                    },
+                ),
+                ("CancelReservation", {"reservationId": rng.choice([-1, 0, 2**31 - 1])}),
             ]
         )
         uid = self.next_id()

@@ -520,10 +520,13 @@ async def test_csms_time_goes_to_adopt_time_parsed(
     assert ("system clock not set" in caplog.text) is adopted
 
 
-async def test_a_plausible_system_clock_keeps_its_own_time(csms: ScriptedCsms) -> None:
+async def test_a_clock_the_system_reports_synchronised_keeps_its_own_time(
+    csms: ScriptedCsms,
+) -> None:
     if datetime.now(UTC) < EARLIEST_PLAUSIBLE:
         pytest.skip("this host's own clock is not plausible")
-    clock = SystemClock()
+    # NTP's word (adjtimex), not plausibility, is what makes the system clock trusted.
+    clock = SystemClock(system_synced=lambda: True)
     far = datetime.now(UTC) + timedelta(days=400)
     csms.responders["BootNotification"] = lambda call: {
         "status": "Accepted",

@@ -315,15 +315,8 @@ async def test_unsupported_and_unknown_actions_get_call_errors_logged_without_pa
     secret = "SECRET0042"
     async with ScriptedCsms() as csms, running(scenario_config(tmp_path, csms)) as kiosk:
         await ready(kiosk)
-        reserve = await csms.call(
-            "ReserveNow",
-            {
-                "connectorId": 1,
-                "expiryDate": "2030-01-01T00:00:00Z",
-                "idTag": secret,
-                "reservationId": 7,
-            },
-        )
+        # A charge point's own request, sent to it: a 1.6 action it does not answer.
+        unsupported = await csms.call("Authorize", {"idTag": secret})
         # Not an OCPP 1.6 action: the scripted CSMS would refuse to send it, so let it.
         monkeypatch.setattr(scripted_csms, "request_problem", lambda action, payload: None)
         teleport = await csms.call("Teleport", {"idTag": secret})
@@ -331,10 +324,10 @@ async def test_unsupported_and_unknown_actions_get_call_errors_logged_without_pa
         assert (await csms.call("DataTransfer", {"vendorId": "x"}))["status"] == "UnknownVendorId"
         await wait_log(kiosk, "Teleport refused with NotImplemented")
 
-    assert reserve == ("error", "NotSupported")
+    assert unsupported == ("error", "NotSupported")
     assert teleport == ("error", "NotImplemented")
     log = daemon_log(kiosk)
-    assert "INFO edgepoint.chargepoint.link: CSMS: ReserveNow refused with NotSupported" in log
+    assert "INFO edgepoint.chargepoint.link: CSMS: Authorize refused with NotSupported" in log
     assert "INFO edgepoint.chargepoint.link: CSMS: Teleport refused with NotImplemented" in log
     assert secret not in log
     assert "Traceback" not in log

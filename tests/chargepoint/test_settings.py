@@ -83,6 +83,21 @@ SPEC_KEYS: dict[str, tuple[KeyType, bool]] = {
     "LocalAuthListEnabled": (KeyType.BOOL, False),
     "LocalAuthListMaxLength": (KeyType.INT, True),
     "SendLocalListMaxLength": (KeyType.INT, True),
+    # 9.4 Smart Charging, 9.5 Reservation: all read-only (the spec's R).
+    "ChargeProfileMaxStackLevel": (KeyType.INT, True),
+    "ChargingScheduleAllowedChargingRateUnit": (KeyType.CSL, True),
+    "ChargingScheduleMaxPeriods": (KeyType.INT, True),
+    "ConnectorSwitch3to1PhaseSupported": (KeyType.BOOL, True),
+    "MaxChargingProfilesInstalled": (KeyType.INT, True),
+    "ReserveConnectorZeroSupported": (KeyType.BOOL, True),
+    # Firmware Management (9.1's optional key) and the Security Whitepaper's keys.
+    "SupportedFileTransferProtocols": (KeyType.CSL, True),
+    "AdditionalRootCertificateCheck": (KeyType.BOOL, True),
+    "AuthorizationKey": (KeyType.STR, False),  # write-only
+    "CertificateSignedMaxChainSize": (KeyType.INT, True),
+    "CertificateStoreMaxLength": (KeyType.INT, True),
+    "CpoName": (KeyType.STR, False),
+    "SecurityProfile": (KeyType.INT, False),
 }
 
 
@@ -115,8 +130,34 @@ def test_every_default_is_valid_and_canonical_and_fits_the_wire() -> None:
         settings = Settings(number_of_connectors=n)
         for entry in settings.get().known:
             key = REGISTRY[entry.key]
-            assert parse_value(key, entry.value, n) == entry.value, entry
-            assert len(entry.key) <= MAX_KEY_LEN and len(entry.value) <= MAX_VALUE_LEN
+            value = settings.value(entry.key)
+            assert entry.value == (None if key.writeonly else value), entry
+            assert parse_value(key, value, n) == value, entry
+            assert len(entry.key) <= MAX_KEY_LEN and len(value) <= MAX_VALUE_LEN
+
+
+def test_a_write_only_key_is_named_without_its_value_and_guards_judge_changes() -> None:
+    settings = Settings({"AuthorizationKey": "from-the-file-0123456789"})
+    (entry,) = settings.get(["AuthorizationKey"]).known
+    assert entry.to_ocpp() == {"key": "AuthorizationKey", "readonly": False}
+    assert settings.value("AuthorizationKey") == "from-the-file-0123456789"
+    seen: list[tuple[str, str]] = []
+
+    def never_lower(old: str, new: str) -> str | None:
+        seen.append((old, new))
+        return "is only ever raised" if int(new) < int(old) else None
+
+    settings.guard("SecurityProfile", never_lower)
+    assert settings.change("SecurityProfile", "2").status is ACCEPTED
+    lower = settings.change("SecurityProfile", " 1")
+    assert lower.status is REJECTED and lower.reason == "is only ever raised"
+    assert settings.integer("SecurityProfile") == 2
+    assert seen == [("0", "2"), ("2", "1")]  # canonical values, the type checked first
+    assert settings.change("SecurityProfile", "4").status is REJECTED  # out of 0-3
+    with pytest.raises(KeyError):
+        settings.guard("NoSuchKey", never_lower)
+    assert "FirmwareManagement" in settings.csl("SupportedFeatureProfiles")
+    assert settings.csl("SupportedFileTransferProtocols") == ("FTP", "FTPS", "HTTP", "HTTPS")
 
 
 def test_every_csl_reports_its_max_length() -> None:
@@ -140,7 +181,9 @@ def test_a_csms_may_ask_for_every_key_by_name_in_one_request() -> None:
 
 def test_kiosk_defaults() -> None:
     s = Settings()
-    assert s.csl("SupportedFeatureProfiles") == ("Core", "LocalAuthListManagement", "RemoteTrigger")
+    profiles = s.csl("SupportedFeatureProfiles")
+    assert profiles[:3] == ("Core", "LocalAuthListManagement", "RemoteTrigger")
+    assert {"SmartCharging", "Reservation"} <= set(profiles)
     assert s.flag("LocalAuthorizeOffline") and s.flag("AuthorizationCacheEnabled")
     assert s.flag("StopTransactionOnInvalidId") and s.flag("LocalAuthListEnabled")
     assert not s.flag("LocalPreAuthorize") and not s.flag("AllowOfflineTxForUnknownId")
@@ -154,6 +197,27 @@ def test_kiosk_defaults() -> None:
     assert s.csl("StopTxnSampledData") == ()  # StopTransaction stays small
     assert s.integer("NumberOfConnectors") == 1
     assert s.csl("ConnectorPhaseRotation") == ("1.NotApplicable",)
+
+
+def test_smart_charging_and_reservation_defaults() -> None:
+    s = Settings()
+    assert s.integer("ChargeProfileMaxStackLevel") == 10
+    assert s.csl("ChargingScheduleAllowedChargingRateUnit") == ("Current", "Power")
+    assert s.integer("ChargingScheduleMaxPeriods") == 48
+    assert s.integer("MaxChargingProfilesInstalled") == 20
+    assert not s.flag("ConnectorSwitch3to1PhaseSupported")
+    assert s.flag("ReserveConnectorZeroSupported")
+    smart = {n for n, k in REGISTRY.items() if k.profile is Profile.SMART_CHARGING}
+    assert smart == {
+        "ChargeProfileMaxStackLevel",
+        "ChargingScheduleAllowedChargingRateUnit",
+        "ChargingScheduleMaxPeriods",
+        "ConnectorSwitch3to1PhaseSupported",
+        "MaxChargingProfilesInstalled",
+    }
+    assert {n for n, k in REGISTRY.items() if k.profile is Profile.RESERVATION} == {
+        "ReserveConnectorZeroSupported"
+    }
 
 
 def test_connector_count_shapes_the_derived_keys() -> None:

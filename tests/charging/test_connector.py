@@ -22,17 +22,20 @@ from edgepoint.charging.actions import (
     SetRelay,
     Signal,
 )
-from edgepoint.charging.connector import ActiveSession, Connector, Phase
+from edgepoint.charging.connector import ENERGIZED_PHASES, ActiveSession, Connector, Phase
 from edgepoint.charging.events import (
     AuthorizationResolved,
     AuthorizationStatus,
     AvailabilityRequested,
+    ChargingPaused,
     Event,
     Fault,
     FaultCleared,
     FaultRaised,
     IdTag,
     RemoteStartRequested,
+    ReservationEnded,
+    ReservationMade,
     SessionId,
     SessionInvalidated,
     StopReason,
@@ -43,6 +46,8 @@ from edgepoint.charging.events import (
 
 ALICE = IdTag("04A1B2C3")
 BOB = IdTag("04FFEE11")
+FLEET = IdTag("FLEET-7")  # a parentIdTag
+R7 = 7  # the reservation of ALICE that in_phase(RESERVED) holds
 S1 = SessionId("s1")
 ACCEPTED = AuthorizationStatus.ACCEPTED
 BLOCKED = AuthorizationStatus.BLOCKED
@@ -61,7 +66,8 @@ def in_phase(phase: Phase, interval: float = 10.0) -> Connector:
     """Drive a fresh connector through real events into `phase`.
 
     Every connector has seen a 1000 Wh reading; a session is s1 of ALICE, begun at t=1.1
-    with meter start 1000; FINISHING was stopped by ALICE's card.
+    with meter start 1000; FINISHING was stopped by ALICE's card; PAUSED is that session
+    at a 0 A limit; RESERVED holds reservation 7 for ALICE.
     """
     c = new_connector(interval)
     steps: dict[Phase, list[Event]] = {
@@ -80,6 +86,12 @@ def in_phase(phase: Phase, interval: float = 10.0) -> Connector:
         ],
         Phase.FAULTED: [FaultRaised(Fault.TELEMETRY_LOST)],
         Phase.UNAVAILABLE: [AvailabilityRequested(operative=False)],
+        Phase.PAUSED: [
+            TokenPresented(ALICE),
+            AuthorizationResolved(ALICE, ACCEPTED),
+            ChargingPaused(paused=True),
+        ],
+        Phase.RESERVED: [ReservationMade(R7, ALICE)],
     }
     assert c.handle(sample(1, 1000), 0.0).accepted
     for n, event in enumerate(steps[phase]):
@@ -117,6 +129,10 @@ EVENTS: dict[str, Event] = {
     "invalid-stop": SessionInvalidated(BLOCKED, stop=True, allowance_wh=0),
     "invalid-suspend": SessionInvalidated(BLOCKED, stop=False, allowance_wh=0),
     "invalid-allowance": SessionInvalidated(BLOCKED, stop=True, allowance_wh=500),
+    "reserve": ReservationMade(R7, ALICE),
+    "unreserve": ReservationEnded(R7),
+    "pause": ChargingPaused(paused=True),
+    "resume": ChargingPaused(paused=False),
 }
 
 
@@ -134,6 +150,14 @@ class Cell:
 START_S1 = (
     ReportStatus(ConnectorStatus.PREPARING),
     BeginSession(S1, ALICE, 1000),
+    SetRelay(closed=True),
+    ReportStatus(ConnectorStatus.CHARGING),
+    Signal(Feedback.ACCEPTED),
+)
+# The same start, using reservation 7 (which ends with it).
+START_S1_R7 = (
+    ReportStatus(ConnectorStatus.PREPARING),
+    BeginSession(S1, ALICE, 1000, R7),
     SetRelay(closed=True),
     ReportStatus(ConnectorStatus.CHARGING),
     Signal(Feedback.ACCEPTED),
@@ -190,6 +214,9 @@ CELLS: dict[tuple[Phase, str], Cell] = {
         True, (ReportStatus(ConnectorStatus.UNAVAILABLE),), P.UNAVAILABLE
     ),
     (P.AVAILABLE, "operative"): Cell(True, (), P.AVAILABLE),
+    (P.AVAILABLE, "reserve"): Cell(True, (ReportStatus(ConnectorStatus.RESERVED),), P.RESERVED),
+    (P.AVAILABLE, "pause"): Cell(True, (), P.AVAILABLE),
+    (P.AVAILABLE, "resume"): Cell(True, (), P.AVAILABLE),
     # AUTHORIZING
     (P.AUTHORIZING, "tap-alice"): Cell(False, BEEP_NO, P.AUTHORIZING, reason="busy"),
     (P.AUTHORIZING, "tap-bob"): Cell(False, BEEP_NO, P.AUTHORIZING, reason="busy"),
@@ -204,6 +231,10 @@ CELLS: dict[tuple[Phase, str], Cell] = {
     ),
     # Already operative: the card being decided keeps its place.
     (P.AUTHORIZING, "operative"): Cell(True, (), P.AUTHORIZING),
+    # Its card claims no reservation: nothing to end.
+    (P.AUTHORIZING, "unreserve"): Cell(False, (), P.AUTHORIZING, reason="no reservation 7"),
+    (P.AUTHORIZING, "pause"): Cell(True, (), P.AUTHORIZING),
+    (P.AUTHORIZING, "resume"): Cell(True, (), P.AUTHORIZING),
     # CHARGING
     (P.CHARGING, "tap-alice"): Cell(True, BEGIN_STOP, P.FINISHING),
     (P.CHARGING, "tap-bob"): Cell(False, BEEP_NO, P.CHARGING, reason="not the card"),
@@ -228,6 +259,37 @@ CELLS: dict[tuple[Phase, str], Cell] = {
         reason="withheld",
     ),
     (P.CHARGING, "invalid-allowance"): Cell(True, (), P.CHARGING, reason="500 Wh"),
+    # A 0 A limit: SuspendedEVSE, the relay stays closed, the session goes on.
+    (P.CHARGING, "pause"): Cell(
+        True, (ReportStatus(ConnectorStatus.SUSPENDED_EVSE),), P.PAUSED, reason="limit 0"
+    ),
+    (P.CHARGING, "resume"): Cell(True, (), P.CHARGING),
+    # PAUSED (ALICE's session at 0 A): a session like CHARGING's
+    (P.PAUSED, "tap-alice"): Cell(True, BEGIN_STOP, P.FINISHING),
+    (P.PAUSED, "tap-bob"): Cell(False, BEEP_NO, P.PAUSED, reason="not the card"),
+    (P.PAUSED, "sample"): Cell(True, (RecordMeterValues(S1, LATE),), P.PAUSED),
+    (P.PAUSED, "lost"): Cell(True, fault_in_session(None, StopReason.OTHER), P.FAULTED),
+    (P.PAUSED, "hot"): Cell(
+        True, fault_in_session(None, StopReason.EMERGENCY_STOP, HOT), P.FAULTED
+    ),
+    (P.PAUSED, "stop"): Cell(True, BEGIN_STOP, P.FINISHING),
+    (P.PAUSED, "stop-now"): Cell(
+        True,
+        (*BEGIN_STOP, EndSession(S1, None, 1000, StopReason.REBOOT), BACK_AVAILABLE),
+        P.AVAILABLE,
+    ),
+    (P.PAUSED, "inoperative"): Cell(True, (), P.PAUSED, scheduled=True),
+    (P.PAUSED, "operative"): Cell(True, (), P.PAUSED),
+    (P.PAUSED, "invalid-stop"): Cell(True, BEGIN_STOP, P.FINISHING),
+    # Already SuspendedEVSE: only the relay opens.
+    (P.PAUSED, "invalid-suspend"): Cell(
+        True, (SetRelay(closed=False),), P.SUSPENDED, reason="withheld"
+    ),
+    (P.PAUSED, "invalid-allowance"): Cell(True, (), P.PAUSED, reason="500 Wh"),
+    (P.PAUSED, "pause"): Cell(True, (), P.PAUSED),
+    (P.PAUSED, "resume"): Cell(
+        True, (ReportStatus(ConnectorStatus.CHARGING),), P.CHARGING, reason="above 0"
+    ),
     # SUSPENDED
     (P.SUSPENDED, "tap-alice"): Cell(True, BEGIN_STOP, P.FINISHING),
     (P.SUSPENDED, "tap-bob"): Cell(False, BEEP_NO, P.SUSPENDED, reason="not the card"),
@@ -244,6 +306,9 @@ CELLS: dict[tuple[Phase, str], Cell] = {
     ),
     (P.SUSPENDED, "inoperative"): Cell(True, (), P.SUSPENDED, scheduled=True),
     (P.SUSPENDED, "operative"): Cell(True, (), P.SUSPENDED),
+    # The card's invalidation holds the energy back whatever the limit.
+    (P.SUSPENDED, "pause"): Cell(True, (), P.SUSPENDED),
+    (P.SUSPENDED, "resume"): Cell(True, (), P.SUSPENDED),
     # FINISHING (stopped by ALICE's card)
     (P.FINISHING, "tap-alice"): Cell(False, BEEP_NO, P.FINISHING, reason="busy"),
     (P.FINISHING, "tap-bob"): Cell(False, BEEP_NO, P.FINISHING, reason="busy"),
@@ -259,6 +324,8 @@ CELLS: dict[tuple[Phase, str], Cell] = {
     ),
     (P.FINISHING, "inoperative"): Cell(True, (), P.FINISHING, scheduled=True),
     (P.FINISHING, "operative"): Cell(True, (), P.FINISHING),
+    (P.FINISHING, "pause"): Cell(True, (), P.FINISHING),
+    (P.FINISHING, "resume"): Cell(True, (), P.FINISHING),
     # FAULTED
     (P.FAULTED, "tap-alice"): Cell(False, (Signal(Feedback.FAULT),), P.FAULTED, reason="Faulted"),
     (P.FAULTED, "tap-bob"): Cell(False, (Signal(Feedback.FAULT),), P.FAULTED, reason="Faulted"),
@@ -270,6 +337,8 @@ CELLS: dict[tuple[Phase, str], Cell] = {
     (P.FAULTED, "lost-cleared"): Cell(True, (BACK_AVAILABLE,), P.AVAILABLE, reason="cleared"),
     (P.FAULTED, "inoperative"): Cell(True, (), P.FAULTED, reason="fault clears"),
     (P.FAULTED, "operative"): Cell(True, (), P.FAULTED, reason="fault clears"),
+    (P.FAULTED, "pause"): Cell(True, (), P.FAULTED),
+    (P.FAULTED, "resume"): Cell(True, (), P.FAULTED),
     # UNAVAILABLE
     (P.UNAVAILABLE, "tap-alice"): Cell(False, BEEP_NO, P.UNAVAILABLE, reason="Unavailable"),
     (P.UNAVAILABLE, "tap-bob"): Cell(False, BEEP_NO, P.UNAVAILABLE, reason="Unavailable"),
@@ -278,6 +347,26 @@ CELLS: dict[tuple[Phase, str], Cell] = {
     (P.UNAVAILABLE, "hot"): Cell(True, fault_idle(HOT), P.FAULTED),
     (P.UNAVAILABLE, "inoperative"): Cell(True, (), P.UNAVAILABLE),
     (P.UNAVAILABLE, "operative"): Cell(True, (BACK_AVAILABLE,), P.AVAILABLE),
+    (P.UNAVAILABLE, "pause"): Cell(True, (), P.UNAVAILABLE),
+    (P.UNAVAILABLE, "resume"): Cell(True, (), P.UNAVAILABLE),
+    # RESERVED (reservation 7 for ALICE, no parent)
+    (P.RESERVED, "tap-alice"): Cell(
+        True, (Signal(Feedback.READING), RequestAuthorization(ALICE)), P.AUTHORIZING
+    ),
+    (P.RESERVED, "tap-bob"): Cell(False, BEEP_NO, P.RESERVED, reason="reserved for another"),
+    (P.RESERVED, "sample"): Cell(True, (), P.RESERVED),
+    (P.RESERVED, "lost"): Cell(True, FAULT_IDLE, P.FAULTED),
+    (P.RESERVED, "hot"): Cell(True, fault_idle(HOT), P.FAULTED),
+    (P.RESERVED, "remote-start"): Cell(True, START_S1_R7, P.CHARGING),
+    (P.RESERVED, "remote-start-auth"): Cell(True, (RequestAuthorization(ALICE),), P.AUTHORIZING),
+    (P.RESERVED, "inoperative"): Cell(
+        True, (ReportStatus(ConnectorStatus.UNAVAILABLE),), P.UNAVAILABLE, reason="7 ends"
+    ),
+    (P.RESERVED, "operative"): Cell(True, (), P.RESERVED),
+    (P.RESERVED, "reserve"): Cell(True, (), P.RESERVED, reason="replaced"),
+    (P.RESERVED, "unreserve"): Cell(True, (BACK_AVAILABLE,), P.AVAILABLE),
+    (P.RESERVED, "pause"): Cell(True, (), P.RESERVED),
+    (P.RESERVED, "resume"): Cell(True, (), P.RESERVED),
 }
 
 
@@ -318,6 +407,8 @@ def test_the_table_covers_every_event_type() -> None:
         (Phase.FINISHING, ConnectorStatus.FINISHING),
         (Phase.FAULTED, ConnectorStatus.FAULTED),
         (Phase.UNAVAILABLE, ConnectorStatus.UNAVAILABLE),
+        (Phase.PAUSED, ConnectorStatus.SUSPENDED_EVSE),
+        (Phase.RESERVED, ConnectorStatus.RESERVED),
     ],
 )
 def test_status_of_every_phase(phase: Phase, status: ConnectorStatus) -> None:
@@ -709,7 +800,7 @@ def test_relay_closes_only_when_entering_charging(phase: Phase, label: str) -> N
     c = in_phase(phase)
     actions = c.handle(EVENTS[label], 100.0).actions
     if SetRelay(closed=True) in actions:
-        assert phase in (Phase.AVAILABLE, Phase.AUTHORIZING)
+        assert phase in (Phase.AVAILABLE, Phase.AUTHORIZING, Phase.RESERVED)
         assert c.phase is Phase.CHARGING
         # Durable before energized: the session row comes first.
         assert isinstance(actions[actions.index(SetRelay(closed=True)) - 1], BeginSession)
@@ -717,15 +808,25 @@ def test_relay_closes_only_when_entering_charging(phase: Phase, label: str) -> N
 
 @pytest.mark.parametrize("seed", range(40))
 def test_random_walks_keep_the_invariants(seed: int) -> None:
-    """Relay closed iff CHARGING; a session iff a session phase; a pending card iff
-    AUTHORIZING; a fault iff FAULTED."""
+    """Relay closed iff CHARGING or PAUSED; a session iff a session phase; a pending card
+    iff AUTHORIZING; a fault iff FAULTED; a reservation iff RESERVED, or AUTHORIZING the
+    card that claims it."""
     rng = random.Random(seed)
     c = new_connector(interval=rng.choice([0.0, 5.0, math.inf]))
     relay = relay_closed_after(c.start(), before=True)
     energy = 1000
     floor = 0  # what the running session's meterStop may not go below
     now = 0.0
-    events = [*EVENTS.values(), *(FaultRaised(f) for f in Fault), *(FaultCleared(f) for f in Fault)]
+    events = [
+        *EVENTS.values(),
+        *(FaultRaised(f) for f in Fault),
+        *(FaultCleared(f) for f in Fault),
+        ReservationMade(8, BOB, FLEET),
+        ReservationEnded(8),
+        AuthorizationResolved(BOB, ACCEPTED, FLEET),
+        AuthorizationResolved(ALICE, ACCEPTED, FLEET),
+        AuthorizationResolved(BOB, BLOCKED),
+    ]
     for step in range(300):
         now += rng.random() * 3
         if rng.random() < 0.4:
@@ -738,12 +839,16 @@ def test_random_walks_keep_the_invariants(seed: int) -> None:
         if not out.accepted and c.phase is before:
             assert out.reason
         relay = relay_closed_after(out.actions, relay)
-        assert relay is (c.phase is Phase.CHARGING), (step, before, event, c.phase)
+        assert relay is (c.phase in ENERGIZED_PHASES), (step, before, event, c.phase)
         assert (c.session is not None) is (
-            c.phase in (Phase.CHARGING, Phase.SUSPENDED, Phase.FINISHING)
+            c.phase in (Phase.CHARGING, Phase.PAUSED, Phase.SUSPENDED, Phase.FINISHING)
         )
         assert (c.pending_tag is not None) is (c.phase is Phase.AUTHORIZING)
         assert bool(c.faults) is (c.phase is Phase.FAULTED)
+        if c.phase is Phase.RESERVED:
+            assert c.reservation is not None
+        elif c.phase is not Phase.AUTHORIZING:
+            assert c.reservation is None, (step, before, event, c.phase)
         for action in out.actions:
             if isinstance(action, BeginSession):
                 floor = action.meter_start_wh
@@ -1028,3 +1133,173 @@ def test_a_fault_while_finishing_ends_with_the_final_reading_it_has() -> None:
     # The remote stop came first and stays the reason.
     assert EndSession(S1, None, 1300, StopReason.REMOTE) in out.actions
     assert c.phase is Phase.FAULTED
+
+
+# -- reservations -------------------------------------------------------------------
+
+
+def reserved(reservation: ReservationMade) -> Connector:
+    c = new_connector()
+    assert c.handle(sample(1, 1000), 0.0).accepted
+    assert c.handle(reservation, 0.5).actions == (ReportStatus(ConnectorStatus.RESERVED),)
+    return c
+
+
+def test_the_reserved_card_starts_in_any_case_and_the_session_ends_the_reservation() -> None:
+    c = reserved(ReservationMade(R7, ALICE))
+    assert c.handle(TokenPresented(IdTag("04a1b2c3")), 1.0).accepted
+    # Deciding the reserved card: the connector still reports Reserved.
+    assert (c.phase, c.status, c.reservation_id) == (Phase.AUTHORIZING, ConnectorStatus.RESERVED, 7)
+    out = c.handle(AuthorizationResolved(IdTag("04a1b2c3"), ACCEPTED), 1.1)
+    assert BeginSession(S1, IdTag("04a1b2c3"), 1000, R7) in out.actions
+    assert c.phase is Phase.CHARGING and c.reservation is None
+
+
+def test_a_refused_reserved_card_leaves_the_reservation_in_place() -> None:
+    c = reserved(ReservationMade(R7, ALICE))
+    c.handle(TokenPresented(ALICE), 1.0)
+    out = c.handle(AuthorizationResolved(ALICE, BLOCKED), 1.1)
+    assert out.actions == (Signal(Feedback.REJECTED),)
+    assert (c.phase, c.status, c.reservation_id) == (Phase.RESERVED, ConnectorStatus.RESERVED, 7)
+
+
+def test_a_card_of_the_reservations_parent_may_use_it_another_may_not() -> None:
+    c = reserved(ReservationMade(8, ALICE, FLEET))
+    # BOB may try: only his authorization tells his parentIdTag.
+    assert c.handle(TokenPresented(BOB), 1.0).actions == (
+        Signal(Feedback.READING),
+        RequestAuthorization(BOB),
+    )
+    out = c.handle(AuthorizationResolved(BOB, ACCEPTED, IdTag("OTHER")), 1.1)
+    assert (out.actions, out.reason) == ((Signal(Feedback.REJECTED),), "not the reservation's card")
+    assert c.phase is Phase.RESERVED and c.reservation_id == 8
+    c.handle(TokenPresented(BOB), 2.0)
+    out = c.handle(AuthorizationResolved(BOB, ACCEPTED, IdTag("fleet-7")), 2.1)
+    assert BeginSession(S1, BOB, 1000, 8) in out.actions
+    assert c.phase is Phase.CHARGING and c.reservation is None
+
+
+def test_a_card_without_a_parent_cannot_use_a_group_reservation() -> None:
+    c = reserved(ReservationMade(8, ALICE, FLEET))
+    c.handle(TokenPresented(BOB), 1.0)
+    out = c.handle(AuthorizationResolved(BOB, ACCEPTED), 1.1)
+    assert out.actions == (Signal(Feedback.REJECTED),) and c.phase is Phase.RESERVED
+
+
+def test_a_reservation_ending_while_its_card_is_decided_frees_the_connector() -> None:
+    c = reserved(ReservationMade(R7, ALICE))
+    c.handle(TokenPresented(ALICE), 1.0)
+    out = c.handle(ReservationEnded(R7), 1.05)
+    assert out.actions == (ReportStatus(ConnectorStatus.AVAILABLE),)
+    assert (c.phase, c.status) == (Phase.AUTHORIZING, ConnectorStatus.AVAILABLE)
+    # The card goes on, for a free connector now: no reservationId.
+    out = c.handle(AuthorizationResolved(ALICE, ACCEPTED), 1.1)
+    assert BeginSession(S1, ALICE, 1000) in out.actions
+
+
+def test_a_stop_while_the_reserved_card_is_decided_keeps_the_reservation() -> None:
+    c = reserved(ReservationMade(R7, ALICE))
+    c.handle(TokenPresented(ALICE), 1.0)
+    assert c.handle(StopRequested(StopReason.SOFT_RESET), 1.05).accepted
+    assert (c.phase, c.reservation_id, c.pending_tag) == (Phase.RESERVED, 7, None)
+
+
+def test_inoperative_while_the_reserved_card_is_decided_ends_the_reservation() -> None:
+    c = reserved(ReservationMade(R7, ALICE))
+    c.handle(TokenPresented(ALICE), 1.0)
+    out = c.handle(AvailabilityRequested(operative=False), 1.05)
+    assert out.actions == (ReportStatus(ConnectorStatus.UNAVAILABLE),)
+    assert (c.phase, c.reservation, c.pending_tag) == (Phase.UNAVAILABLE, None, None)
+
+
+def test_a_fault_ends_a_reservation_and_the_connector_recovers_available() -> None:
+    c = reserved(ReservationMade(R7, ALICE))
+    c.handle(FaultRaised(Fault.OVER_TEMPERATURE), 1.0)
+    assert c.reservation is None
+    out = c.handle(FaultCleared(Fault.OVER_TEMPERATURE), 2.0)
+    assert out.actions == (ReportStatus(ConnectorStatus.AVAILABLE),)
+
+
+@pytest.mark.parametrize(
+    ("reservation", "event", "reason"),
+    [
+        (ReservationMade(R7, ALICE), RemoteStartRequested(BOB, authorize=True), "another card"),
+        (ReservationMade(R7, ALICE), RemoteStartRequested(BOB, authorize=False), "another card"),
+        # A group's card needs its authorization to show its parent.
+        (ReservationMade(8, ALICE, FLEET), RemoteStartRequested(BOB, False), "authorized"),
+    ],
+)
+def test_remote_starts_a_reservation_refuses(
+    reservation: ReservationMade, event: RemoteStartRequested, reason: str
+) -> None:
+    c = reserved(reservation)
+    out = c.handle(event, 1.0)
+    assert not out.accepted and reason in out.reason and out.actions == ()
+    assert c.phase is Phase.RESERVED
+
+
+def test_a_remote_start_of_a_group_card_is_authorized_against_the_reservation() -> None:
+    c = reserved(ReservationMade(8, ALICE, FLEET))
+    assert c.handle(RemoteStartRequested(BOB, authorize=True), 1.0).actions == (
+        RequestAuthorization(BOB),
+    )
+    out = c.handle(AuthorizationResolved(BOB, ACCEPTED, FLEET), 1.1)
+    assert BeginSession(S1, BOB, 1000, 8) in out.actions
+
+
+def test_a_second_reservation_on_a_reserved_connector_is_refused() -> None:
+    c = reserved(ReservationMade(R7, ALICE))
+    out = c.handle(ReservationMade(8, BOB), 1.0)
+    assert not out.accepted and "already reserved (7)" in out.reason
+    assert c.reservation == ReservationMade(R7, ALICE)
+
+
+def test_the_same_reservation_id_replaces_the_reserved_card() -> None:
+    c = reserved(ReservationMade(R7, ALICE))
+    assert c.handle(ReservationMade(R7, BOB), 1.0).actions == ()
+    assert not c.handle(TokenPresented(ALICE), 1.1).accepted
+    assert c.handle(TokenPresented(BOB), 1.2).accepted
+
+
+# -- a 0 A limit (smart charging) ------------------------------------------------------
+
+
+def test_a_session_begun_under_a_zero_limit_starts_paused_with_the_relay_closed() -> None:
+    c = new_connector()
+    c.handle(sample(1, 1000), 0.0)
+    c.handle(ChargingPaused(paused=True), 0.5)
+    c.handle(TokenPresented(ALICE), 1.0)
+    out = c.handle(AuthorizationResolved(ALICE, ACCEPTED), 1.1)
+    assert out.actions == (
+        ReportStatus(ConnectorStatus.PREPARING),
+        BeginSession(S1, ALICE, 1000),
+        SetRelay(closed=True),
+        ReportStatus(ConnectorStatus.SUSPENDED_EVSE),
+        Signal(Feedback.ACCEPTED),
+    )
+    assert c.phase is Phase.PAUSED
+    assert c.handle(ChargingPaused(paused=False), 2.0).actions == (
+        ReportStatus(ConnectorStatus.CHARGING),
+    )
+
+
+def test_a_paused_session_keeps_metering_and_its_allowance_still_counts() -> None:
+    c = in_phase(Phase.PAUSED, interval=0.0)
+    c.handle(SessionInvalidated(BLOCKED, stop=False, allowance_wh=100), 2.0)
+    assert c.handle(sample(2, 1050), 3.0).actions == (RecordMeterValues(S1, sample(2, 1050)),)
+    out = c.handle(sample(3, 1100), 4.0)
+    # The allowance is spent: the relay opens (the status is SuspendedEVSE already).
+    assert out.actions == (RecordMeterValues(S1, sample(3, 1100)), SetRelay(closed=False))
+    assert c.phase is Phase.SUSPENDED
+    # Its limit rising again does not bring the energy back.
+    assert c.handle(ChargingPaused(paused=False), 5.0).actions == ()
+    assert c.phase is Phase.SUSPENDED
+
+
+def test_the_limit_outlives_the_session_for_the_next() -> None:
+    c = in_phase(Phase.PAUSED)
+    c.handle(TokenPresented(ALICE), 2.0)
+    c.handle(sample(2, 1100), 3.0)
+    assert c.phase is Phase.AVAILABLE and c.paused
+    c.handle(RemoteStartRequested(BOB, authorize=False), 4.0)
+    assert c.phase is Phase.PAUSED

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from control_support import Conn, FakeStation, serving, socket_mode, station_api, wait_for_socket
 
-from edgepoint.control.api import Access
+from edgepoint.control.api import Access, ControlApi
 from edgepoint.control.client import request, watch
-from edgepoint.control.server import MAX_REQUEST, ControlServer
+from edgepoint.control.server import MAX_REQUEST, ControlServer, Limits
 from edgepoint.errors import ControlError
 
 pytestmark = pytest.mark.timeout(20)
@@ -149,3 +149,52 @@ async def test_a_daemon_that_never_answers_is_an_error_not_a_hang(
         assert err.value.code == "no_answer"
     finally:
         server.close()
+
+
+async def test_an_answer_on_its_way_at_shutdown_still_goes_out(sock: Path) -> None:
+    # A reset's Accepted comes back while the daemon is stopping: the caller gets it.
+    # A request that outlasts the grace is cut; a watch ends at once.
+    api = ControlApi()
+    release = asyncio.Event()
+
+    running: list[str] = []
+
+    async def slow() -> str:
+        running.append("slow")
+        await release.wait()
+        return "Accepted"
+
+    async def never() -> None:
+        running.append("never")
+        await asyncio.Event().wait()
+
+    api.add_command("slow", slow, mutates=True)
+    api.add_command("never", never)
+    api.add_state_event("status", FakeStation().status, lambda notify: lambda: None)
+    server = ControlServer(
+        sock, api, Access(os.geteuid(), os.getegid(), "g"), Limits(shutdown_grace_s=1.0)
+    )
+    task = asyncio.create_task(server.run())
+    await wait_for_socket(sock)
+    watcher = await Conn.open(sock)
+    assert (await watcher.ask(b'{"cmd": "watch"}\n'))["ok"] is True
+    assert (await watcher.receive())["event"] == "status"
+    answered = asyncio.create_task(request(sock, "slow"))
+    hanging = asyncio.create_task(request(sock, "never"))
+    for _ in range(500):
+        if len(running) == 2:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    assert await watcher.at_eof()  # before the grace is over
+    await asyncio.sleep(0.05)
+    release.set()
+    assert await asyncio.wait_for(answered, 5) == "Accepted"
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(ControlError) as cut:
+        await asyncio.wait_for(hanging, 5)
+    assert cut.value.code == "disconnected"
+    assert asyncio.get_running_loop().time() - started < 2
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    await watcher.close()

@@ -232,9 +232,23 @@ class FuzzCharger:
         self._syncs += 1
         unique_id = f"sync{self._syncs}"
         ws = await self._connection()
-        await ws.send(json.dumps([2, unique_id, "Heartbeat", {}]))
-        async with asyncio.timeout(ANSWER_WITHIN_S):
-            answer = await self._answer_to(ws, unique_id)
+        try:
+            await ws.send(json.dumps([2, unique_id, "Heartbeat", {}]))
+            async with asyncio.timeout(ANSWER_WITHIN_S):
+                answer = await self._answer_to(ws, unique_id)
+        except ConnectionClosed as closed:
+            # The last fuzzed frames may have reached the bad-frame limit just now: the
+            # close overtakes this Heartbeat. Once more, on a new connection.
+            if closed.rcvd is None or (closed.rcvd.code, closed.rcvd.reason) != TOO_MANY_BAD_FRAMES:
+                raise
+            self.report.closes.append(
+                Closed(*TOO_MANY_BAD_FRAMES, self._bad_here, self._frames_here, False)
+            )
+            self._ws = None
+            ws = await self._connection()
+            await ws.send(json.dumps([2, unique_id, "Heartbeat", {}]))
+            async with asyncio.timeout(ANSWER_WITHIN_S):
+                answer = await self._answer_to(ws, unique_id)
         assert answer[0] == 3, answer
 
     # -- bookkeeping -------------------------------------------------------------------

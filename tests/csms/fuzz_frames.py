@@ -77,6 +77,9 @@ CHARGER_ACTIONS = (
     "FirmwareStatusNotification",
     "Heartbeat",
     "MeterValues",
+    # LogStatusNotification and SignedFirmwareStatusNotification are taken too; their
+    # schemas use $ref, which the payload generator does not follow.
+    "SecurityEventNotification",
     "StartTransaction",
     "StatusNotification",
     "StopTransaction",

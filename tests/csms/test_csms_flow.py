@@ -302,5 +302,8 @@ async def test_only_the_handled_actions_are_accepted(running: RunningCsms) -> No
         "DataTransfer",
         "FirmwareStatusNotification",
         "DiagnosticsStatusNotification",
+        "SecurityEventNotification",
+        "LogStatusNotification",
+        "SignedFirmwareStatusNotification",
     }
     assert session.actions <= KNOWN_ACTIONS

@@ -362,9 +362,10 @@ async def test_brute_force_is_locked_out_while_a_neighbour_logs_in_fast(
         assert statuses.count(401) <= 5
         assert statuses.count(429) >= 195
         # The neighbour's login costs about what it costs when nobody attacks (~25 ms
-        # here; the first one shares the loop with the attack's burst of handshakes).
-        # Without the lockout it took 2.4 s: 200 guesses queued for the 2 PBKDF2 slots.
-        assert max(during) < normal + 0.5, (normal, during)
+        # here). The median of three: the first shares the loop with the attack's burst
+        # of handshakes, and a loaded test machine adds its own hiccups. Without the
+        # lockout every one took 2.4 s: 200 guesses queued for the 2 PBKDF2 slots.
+        assert sorted(during)[1] < normal + 1.0, (normal, during)
         # Locked means locked, for every id, with a Retry-After; no hashing.
         locked = await refusal(site, CP2_ID, CP2_KEY, source=ATTACKER)
         assert locked.response.status_code == 429

@@ -78,6 +78,9 @@ class ScriptedCsms:
     paths: list[str] = field(default_factory=list)
     responders: dict[str, Responder] = field(default_factory=dict)
     id_tags: dict[str, str] = field(default_factory=dict)  # idTag -> status (default Accepted)
+    # (code, reason) of each connection's end as the charge point closed it; 1006: no
+    # close frame (the TCP connection just ended).
+    closes: list[tuple[int | None, str | None]] = field(default_factory=list)
     _server: Server | None = None
     _connections: list[ServerConnection] = field(default_factory=list)
     _pending: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
@@ -185,6 +188,8 @@ class ScriptedCsms:
                 await self._on_frame(connection, index, raw)
         except ConnectionClosed:
             pass
+        self.closes.append((connection.close_code, connection.close_reason))
+        await self._notify()
 
     async def _notify(self) -> None:
         assert self._changed is not None

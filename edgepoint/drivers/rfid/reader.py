@@ -172,11 +172,12 @@ class Pn532Reader:
         while True:
             self._stop = threading.Event()
             self._wake = threading.Event()
+            self._edge_at: float | None = None
             self._executor = ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="pn532", initializer=_name_os_thread
             )
             if self._irq is not None:
-                self._irq.on_assert(self._wake.set)
+                self._irq.on_assert(self._on_irq)
             try:
                 await self._session(publish)
             except Exception as err:  # a reader fault is data, never a crash (DESIGN.md)
@@ -214,12 +215,15 @@ class Pn532Reader:
                 # loop and the thread costs a wake-up, and idle is most of the day.
                 until_check = last_check + self._health_check_s - self._monotonic()
                 budget = min(max(until_check, 0.0), _WAIT_BUDGET_MAX_S, self._stall_timeout_s / 2)
-                if await self._call(functools.partial(self._wait, budget)):
+                ready, empty_at = await self._call(functools.partial(self._wait, budget))
+                if empty_at is not None:
+                    self._debouncer.empty(empty_at)
+                if ready:
                     armed = False
-                    uid, read_at, armed_at = await self._call(lambda: self._collect(driver))
+                    uid, armed_at = await self._call(lambda: self._collect(driver))
                     armed = True
                     if uid is not None:
-                        self._on_card(uid, read_at, publish)
+                        self._on_card(uid, publish)
                     self._debouncer.watching(armed_at)
                     errors = 0
                     if uid is not None:
@@ -278,9 +282,9 @@ class Pn532Reader:
                 exc_info=not isinstance(err, _EXPECTED),
             )
 
-    def _on_card(self, uid: bytes, read_at: float, publish: Publish) -> None:
+    def _on_card(self, uid: bytes, publish: Publish) -> None:
         self._stats = replace(self._stats, reads=self._stats.reads + 1)
-        if not self._debouncer.seen(uid, read_at):
+        if not self._debouncer.seen(uid):
             self._stats = replace(self._stats, repeats=self._stats.repeats + 1)
             return
         tag = IdTag(uid.hex().upper())
@@ -318,20 +322,35 @@ class Pn532Reader:
         self._arms += 1
         return self._monotonic()
 
-    def _wait(self, budget_s: float) -> bool:
-        """Wait up to `budget_s` for the chip's answer: on the IRQ line, else by polling."""
+    def _on_irq(self) -> None:
+        """The IRQ line went active (gpiozero's thread): the chip found a card just now."""
+        self._edge_at = self._monotonic()
+        self._wake.set()
+
+    def _wait(self, budget_s: float) -> tuple[bool, float | None]:
+        """Wait up to `budget_s` for the chip's answer: on the IRQ line, else by polling.
+
+        Returns whether an answer is ready and when a look last found the field empty
+        (None: no look did), which is the debouncer's only evidence of a card's absence.
+        """
         deadline = self._monotonic() + budget_s
+        empty_at: float | None = None
         while not self._stop.is_set():
+            looked_at = self._monotonic()
             if self._irq is not None:
                 if self._irq.asserted():
-                    return True
+                    if empty_at is not None and self._edge_at is not None:
+                        # Empty until the edge, however late this thread saw it.
+                        empty_at = max(empty_at, min(self._edge_at, looked_at))
+                    return True, empty_at
             else:
                 self._probes += 1
                 if self._link.response_ready():
-                    return True
+                    return True, empty_at
+            empty_at = looked_at
             left = deadline - self._monotonic()
             if left <= 0:
-                return False
+                return False, empty_at
             if self._irq is not None:
                 self._wake.wait(left)
                 self._wake.clear()
@@ -340,18 +359,17 @@ class Pn532Reader:
                 # CPU per wake-up, and this runs ten times a second all day. A stop
                 # is then seen within one poll interval.
                 time.sleep(min(self._poll_interval_s, left))
-        return False
+        return False, empty_at
 
-    def _collect(self, driver: Pn532Driver) -> tuple[bytes | None, float, float]:
-        """Read the answer, then have the chip look again at once; (UID, read at, armed at)."""
+    def _collect(self, driver: Pn532Driver) -> tuple[bytes | None, float]:
+        """Read the answer, then have the chip look again at once; (UID, armed at)."""
         response = driver.process_response(
             CMD_IN_LIST_PASSIVE_TARGET,
             response_length=_TARGET_RESPONSE_LEN,
             timeout=self._ack_timeout_s,
         )
-        read_at = self._monotonic()
         uid = None if response is None else target_uid(bytes(response))
-        return uid, read_at, self._arm(driver)
+        return uid, self._arm(driver)
 
     def _health(self, driver: Pn532Driver) -> float:
         _checked_firmware(driver)

@@ -153,6 +153,25 @@ async def test_a_flickering_held_card_is_one_tap(chip: Pn532Emulator, bus: Emula
         await until(lambda: len(seen) == 2)
 
 
+async def test_a_held_card_read_late_each_time_is_still_one_tap(
+    chip: Pn532Emulator, bus: EmulatedI2CBus
+) -> None:
+    # A host that gets round to the chip only every 0.3 s (a loaded CPU, here a long
+    # poll interval) reads each latched sighting later than removal_s after arming it;
+    # the field was never seen empty, so the card held for 1.2 s is one tap, not four
+    # (the second would stop the session the first started).
+    reader = make_reader(bus, poll_interval_s=0.3, removal_s=0.2)
+    async with running(reader) as seen:
+        chip.present_card(UID4, dwell_s=1.2)
+        await until(lambda: chip.card_in_field() is None, within_s=5)
+        await until(lambda: reader.stats.reads >= 3)
+        assert tags(seen) == ["DEADBEEF"]
+        # Away, and seen away for longer than removal_s: the next one is a new tap.
+        await asyncio.sleep(0.8)
+        chip.present_card(UID4, dwell_s=0.5)
+        await until(lambda: len(seen) == 2, within_s=5)
+
+
 async def test_a_short_tap_while_the_loop_is_busy_is_still_read(
     chip: Pn532Emulator, bus: EmulatedI2CBus
 ) -> None:
@@ -390,17 +409,33 @@ def test_target_uid_parsing() -> None:
 
 def test_debouncer_counts_only_absence_it_watched() -> None:
     debouncer = TapDebouncer(removal_s=1.0)
-    assert debouncer.seen(UID4, 0.0)
+    assert debouncer.seen(UID4)
     debouncer.watching(0.1)
-    assert not debouncer.seen(UID4, 0.9)  # missed for 0.8 s: flicker
+    debouncer.empty(0.9)
+    assert not debouncer.seen(UID4)  # missed for 0.8 s: flicker
     debouncer.watching(1.0)
     debouncer.watching(1.5)  # a health check re-arms: still watching since 1.0
-    assert debouncer.seen(UID4, 2.0)  # missed for 1.0 s: taken away and back
+    debouncer.empty(1.7)
+    debouncer.empty(2.0)
+    assert debouncer.seen(UID4)  # seen empty for 1.0 s: taken away and back
     debouncer.watching(2.1)
+    debouncer.empty(5.0)
     debouncer.blind()
     debouncer.watching(9.0)
-    assert not debouncer.seen(UID4, 9.1)  # the reader was blind from 2.1 to 9.0
-    assert debouncer.seen(UID7, 9.2)  # another card
+    assert not debouncer.seen(UID4)  # the reader was blind from 5.0 to 9.0
+    assert debouncer.seen(UID7)  # another card
+
+
+def test_a_late_read_of_a_held_card_is_no_evidence_of_absence() -> None:
+    """The chip latched the card when it was armed; the host read it seconds later (a
+    loaded CPU): no look found the field empty, so it is the same presentation."""
+    debouncer = TapDebouncer(removal_s=0.2)
+    assert debouncer.seen(UID4)
+    debouncer.watching(10.0)
+    assert not debouncer.seen(UID4)  # read at 13.0, say: nothing was seen empty
+    debouncer.watching(13.0)
+    debouncer.empty(13.05)  # one look found nothing, 50 ms after arming
+    assert not debouncer.seen(UID4)
 
 
 def test_stats_are_an_immutable_snapshot() -> None:
