@@ -79,6 +79,11 @@ from edgepoint.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
+# How old the CSMS process's state in `status` may be before it is asked again (beside
+# the caller, never in its way), and how long that question may take.
+CSMS_STATUS_FRESH_S = 0.5
+CSMS_STATUS_STALE_S = 5.0
+CSMS_STATUS_WAIT_S = 1.0
 # Give what shutdown queued (StopTransaction) this long to reach an online CSMS.
 SHUTDOWN_FLUSH_S = 1.5
 # At start, how long the CSMS link may take to boot before READY=1 says "offline".
@@ -205,41 +210,61 @@ class Station:
         self._supervisor = supervisor
         self._clock = clock
         self._started = clock.monotonic()
-        self._csms_last: dict[str, Any] = {}  # the CSMS process's last answer to status
+        # The CSMS process's state as it last answered, when, and the refresh under way.
+        self._csms_state: dict[str, Any] | None = None
+        self._csms_state_at = 0.0
+        self._csms_refresh: asyncio.Task[None] | None = None
         self.cloud: Cloud | None = None  # Firebase state, fleet cards, ledger (cloud/)
         self.care: StorageCare | None = None  # retention, backups, free space (storage/care)
         self.smart_charging: SmartCharging | None = None  # profiles and current limits
 
     async def _embedded_csms(self) -> dict[str, Any] | None:
-        """The CSMS process as `status` shows it; never waits long for a busy one."""
+        """The CSMS process as `status` shows it, without waiting for a busy one.
+
+        `status` is read on every change the watchers see (a tap's relay among them), so
+        it must not wait on another process: it shows the CSMS's last answer and asks
+        afresh beside it when that answer is older than CSMS_STATUS_FRESH_S. Only a call
+        after a quiet spell (no answer younger than CSMS_STATUS_STALE_S: the first, a
+        lone `edgepoint status`) waits for a fresh one, at most CSMS_STATUS_WAIT_S.
+        """
         if self._csms is None:
             return None
+        age = self._clock.monotonic() - self._csms_state_at
+        if self._csms_state is None or age >= CSMS_STATUS_STALE_S:
+            await self._refresh_csms_state()  # nobody asked for a while: a fresh answer
+        elif age >= CSMS_STATUS_FRESH_S and (
+            self._csms_refresh is None or self._csms_refresh.done()
+        ):
+            self._csms_refresh = asyncio.create_task(self._refresh_csms_state())
+        assert self._csms_state is not None
+        return self._csms_state
+
+    async def _refresh_csms_state(self) -> None:
+        assert self._csms is not None
         state: dict[str, Any] = {"pid": self._csms.pid, "restarts": self._csms.exits}
         try:
-            async with asyncio.timeout(1.0):
+            async with asyncio.timeout(CSMS_STATUS_WAIT_S):
                 answer: dict[str, Any] = await self._csms.request("csms.status")
         except TimeoutError:
             # Busy (it yields the CPU to the kiosk), not down: what it said last still
             # holds, and `answering` says this is not fresh.
-            last = self._csms_last if self._csms_last.get("pid") == self._csms.pid else {}
-            return (
+            last = self._csms_state if (self._csms_state or {}).get("pid") == state["pid"] else {}
+            self._csms_state = (
                 {"listening": False, "connected": []}
-                | last
+                | (last or {})
                 | state
-                | {
-                    "answering": False,
-                    "error": "no answer within 1 s",
-                }
+                | {"answering": False, "error": f"no answer within {CSMS_STATUS_WAIT_S:g} s"}
             )
         except ControlError as err:
-            return state | {
+            self._csms_state = state | {
                 "listening": False,
                 "connected": [],
                 "answering": False,
                 "error": str(err) or "no answer",
             }
-        self._csms_last = state | answer
-        return state | answer | {"answering": True}
+        else:
+            self._csms_state = state | answer | {"answering": True}
+        self._csms_state_at = self._clock.monotonic()
 
     async def status(self) -> dict[str, Any]:
         k = self._kiosk.snapshot()

@@ -268,6 +268,24 @@ T = TypeVar("T")
 _REQUIRED: Any = object()
 
 
+SYSTEM_CONFIG_ROOT = Path("/etc")
+
+
+def _installed_base(config_path: Path, runtime: bool) -> Path | None:
+    """Where an installed system keeps state (runtime files): the directory systemd
+    gave the unit (StateDirectory=, RuntimeDirectory=), or, for a config under /etc/<name>/
+    read by anyone else (the CLI over SSH), /var/lib/<name> (/run/<name>), the same
+    place; None for a config anywhere else (a checkout)."""
+    variable = "RUNTIME_DIRECTORY" if runtime else "STATE_DIRECTORY"
+    first = os.environ.get(variable, "").split(":")[0]
+    if first and Path(first).is_absolute():
+        return Path(first)
+    folder = config_path.absolute().parent
+    if folder.parent == SYSTEM_CONFIG_ROOT:
+        return Path("/run" if runtime else "/var/lib") / folder.name
+    return None
+
+
 class _Reader:
     """Walks one table of the parsed TOML and converts its keys, naming each failure."""
 
@@ -312,7 +330,15 @@ class _Reader:
             raise self.fail(name, f"must be between {lo} and {hi}, got {value}")
         return value
 
-    def path_(self, name: str, default: Any = _REQUIRED) -> Path:
+    def path_(self, name: str, default: Any = _REQUIRED, *, runtime: bool = False) -> Path:
+        """A path key: relative to the config file's folder. A default under `var/` of
+        an installed system goes where systemd keeps the unit's state (or, for sockets,
+        its runtime files) instead: next to /etc/edgepoint/config.toml it would land in a
+        folder ProtectSystem=strict keeps read-only, and the daemon would crash-loop."""
+        if name not in self.raw and isinstance(default, str):
+            base = _installed_base(self.path, runtime)
+            if base is not None and Path(default).parts[:1] == ("var",):
+                return base.joinpath(*Path(default).parts[1:])
         value = Path(self.text(name, default)).expanduser()
         return value if value.is_absolute() else (self.path.parent / value).resolve()
 
@@ -485,7 +511,7 @@ def _csms(r: _Reader) -> CsmsConfig:
         max_sampled_values=r.number("max_sampled_values", int, 1, 100_000, 500),
         max_calls_per_s=r.number("max_calls_per_s", float, 0.1, 10_000, 25.0),
         max_bad_frames=r.number("max_bad_frames", int, 1, 100_000, 20),
-        control_socket=r.path_("control_socket", "var/csms.sock"),
+        control_socket=r.path_("control_socket", "var/csms.sock", runtime=True),
         site_limit_w=_optional_watts(r, "site_limit_w"),
         min_connector_w=r.number("min_connector_w", int, 0, 1_000_000, 1380),
         retention_meter_values_days=_retention(r, "retention_meter_values_days", 90),
@@ -740,7 +766,7 @@ def _control(r: _Reader) -> ControlConfig:
         except KeyError:
             raise r.fail("group", f"there is no group {group!r} on this system") from None
     return ControlConfig(
-        socket=r.path_("socket", "var/edgepoint.sock"),
+        socket=r.path_("socket", "var/edgepoint.sock", runtime=True),
         group=group,
         max_clients=r.number("max_clients", int, 1, 1024, 16),
     )

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
+from edgepoint import journal
 from edgepoint.chargepoint import messages
 from edgepoint.chargepoint.authorizer import Authorizer, tag_entry
 from edgepoint.charging.actions import (
@@ -587,7 +588,15 @@ class Kiosk:
 
     async def _handle(self, cid: int, event: Event, writes: Iterable[Write] = ()) -> Outcome:
         """Hand `event` to connector `cid` and carry out its actions; `writes` commit in
-        the same transaction as the outcome's own."""
+        the same transaction as the outcome's own. What it logs carries the connector, its
+        session and transaction (journal fields: `journalctl EDGEPOINT_SESSION=...`)."""
+        session = self.connector(cid).session
+        sid = session.session_id if session is not None else None
+        tx = self._tx_ids.get(sid) if sid is not None else None
+        with journal.bound(connector_id=cid, session_id=sid, transaction_id=tx):
+            return await self._handle_bound(cid, event, writes)
+
+    async def _handle_bound(self, cid: int, event: Event, writes: Iterable[Write]) -> Outcome:
         self._handled += 1
         c = self.connector(cid)
         outcome = c.handle(event, self._clock.monotonic())
@@ -1114,6 +1123,13 @@ class Kiosk:
                     writes.append(self._meter_write(cid, sid, sample, now))
                     metered = True
                 case EndSession(session_id=sid):
+                    log.info(
+                        "connector %d: session ended (%s) at %d Wh",
+                        cid,
+                        action.reason,
+                        action.meter_stop_wh,
+                        extra=journal.fields(session_id=sid, transaction_id=self._tx_ids.get(sid)),
+                    )
                     writes.append(self._end_write(action, now))
                     if self._sessions is not None:
                         self._sessions.session_ended(cid, sid)
@@ -1133,6 +1149,13 @@ class Kiosk:
         """Tell the listener at once (before the relay closes: a limit applies from the
         start), with the RemoteStartTransaction's charging profile when it is this card's."""
         remote = self._remote_profiles.pop(cid, None)
+        log.info(
+            "connector %d: session started by card %s at %d Wh",
+            cid,
+            mask_id_tag(begin.id_tag),
+            begin.meter_start_wh,
+            extra=journal.fields(session_id=begin.session_id),
+        )
         if self._sessions is not None:
             profile = remote[1] if remote and same_tag(remote[0], begin.id_tag) else None
             self._sessions.session_began(cid, begin.session_id, begin.id_tag, now, profile)

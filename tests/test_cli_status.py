@@ -27,6 +27,10 @@ def test_status_and_tap_against_a_running_daemon(tmp_path: Path) -> None:
         os.umask(old_umask)
     try:
         daemon.wait_ready()
+        daemon.wait_for(
+            "the CSMS serving our charge point",
+            lambda s: s["links"]["embedded_csms"]["connected"] == ["EP-STATUS-7"],
+        )
 
         human = cli(config, "status").stdout
         assert "EP-STATUS-7" in human

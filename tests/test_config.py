@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from edgepoint import config as config_module
 from edgepoint.chargepoint.settings import REGISTRY
 from edgepoint.charging.faults import Limits
 from edgepoint.config import (
@@ -695,3 +696,52 @@ def test_firmware_and_security_settings(tmp_path: Path) -> None:
     assert chargepoint.csms_tls_url == "wss://csms.example/ocpp" and chargepoint.ca_file == ca
     bad = error_for(tmp_path, MINIMAL + 'csms_tls_url = "ws://csms.example/ocpp"\n')
     assert bad.key == "chargepoint.csms_tls_url"
+
+
+# -- defaults of an installed system ----------------------------------------------------
+
+
+def installed_paths(config: Config) -> dict[str, Path]:
+    return {
+        "storage": config.storage.dir,
+        "auth_key": config.chargepoint.auth_key_file,
+        "ledger_key": config.ledger.key_file,
+        "control_socket": config.control.socket,
+        "csms_socket": config.csms.control_socket,
+    }
+
+
+def test_under_systemd_the_default_paths_are_the_units_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The crash loop of a first install: key and database defaulted next to the config
+    # file in /etc/edgepoint, which ProtectSystem=strict keeps read-only.
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/edgepoint")
+    monkeypatch.setenv("RUNTIME_DIRECTORY", "/run/edgepoint:/run/other")
+    assert installed_paths(load_config(write(tmp_path, MINIMAL))) == {
+        "storage": Path("/var/lib/edgepoint"),
+        "auth_key": Path("/var/lib/edgepoint/secrets/chargepoint.key"),
+        "ledger_key": Path("/var/lib/edgepoint/secrets/ledger.key"),
+        "control_socket": Path("/run/edgepoint/edgepoint.sock"),
+        "csms_socket": Path("/run/edgepoint/csms.sock"),
+    }
+    # A path the operator wrote is the operator's, systemd or not.
+    explicit = load_config(write(tmp_path, MINIMAL + '[storage]\ndir = "data"\n'))
+    assert explicit.storage.dir == (tmp_path / "data").resolve()
+
+
+def test_the_cli_over_ssh_finds_what_the_unit_uses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No systemd variables in a technician's shell: a config in /etc/<name>/ still
+    # means /var/lib/<name> and /run/<name>, the directories the unit was given.
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    monkeypatch.setattr(config_module, "SYSTEM_CONFIG_ROOT", tmp_path)
+    (tmp_path / "edgepoint").mkdir()
+    installed = load_config(write(tmp_path / "edgepoint", MINIMAL))
+    assert installed_paths(installed)["storage"] == Path("/var/lib/edgepoint")
+    assert installed_paths(installed)["control_socket"] == Path("/run/edgepoint/edgepoint.sock")
+    # A checkout keeps everything beside its config file.
+    checkout = load_config(write(tmp_path, MINIMAL))
+    assert checkout.storage.dir == (tmp_path / "var").resolve()

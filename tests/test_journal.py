@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from chargepoint.scenario_support import running, scenario_config
+from support.scripted_csms import ScriptedCsms
 
 from edgepoint import journal
 
@@ -156,3 +158,34 @@ def test_journal_stream_is_recognised_by_device_and_inode(
 def test_unknown_field_names_are_refused() -> None:
     with pytest.raises(ValueError):
         journal.fields(id_tag="04A1B2C3")  # never a card id in the journal
+
+
+async def test_a_sessions_log_lines_carry_its_session_and_transaction(tmp_path: Path) -> None:
+    """A real daemon: what `journalctl EDGEPOINT_SESSION=<id>` would find (the plain lines
+    on stderr carry the same fields as the journal entries)."""
+    card = "04A1B2C3"
+    async with ScriptedCsms() as csms, running(scenario_config(tmp_path, csms)) as kiosk:
+        await kiosk.wait_for("online", lambda s: s["links"]["csms"]["state"] == "online")
+        await kiosk.wait_for("telemetry", lambda s: s["connector"]["last_sample"] is not None)
+        await kiosk.present(card)
+        status = await kiosk.wait_for(
+            "the transaction id",
+            lambda s: (s["connector"]["session"] or {}).get("transaction_id") is not None,
+        )
+        await kiosk.present(card)
+        await csms.wait_calls("StopTransaction")
+        await kiosk.wait_for("available", lambda s: s["connector"]["session"] is None)
+        text = kiosk.daemon.log.read_text()
+    session = status["connector"]["session"]
+    sid, tx = session["session_id"], session["transaction_id"]
+    mine = [line for line in text.splitlines() if f"session={sid}" in line]
+
+    def one(words: str) -> str:
+        found = [line for line in mine if words in line]
+        assert len(found) == 1, (words, mine)
+        return found[0]
+
+    assert "connector=1" in one("session started by card ****B2C3")
+    assert f"transaction={tx}" in one(f"StartTransaction confirmed: transaction {tx}")
+    assert f"transaction={tx}" in one("session ended (Local)")
+    assert card not in text  # cards are masked in the log

@@ -239,7 +239,8 @@ def test_ready_watchdog_status_and_stopping_from_a_real_daemon(
     # READY only once it serves: the control socket answers, the CSMS link has booted.
     status = daemon.status()
     assert status["links"]["csms"]["state"] == "online"
-    assert status["links"]["embedded_csms"]["listening"] is True
+    # The CSMS process listened before READY (its part of `status` may lag by 0.5 s).
+    daemon.wait_for("the CSMS listening", lambda s: s["links"]["embedded_csms"]["listening"])
     assert "STATUS=EP-TEST-1: serving (csms online)" in ready.splitlines()
     # WatchdogSec=0.4 s: pings every 0.2 s while the loop is alive; STATUS= one line, sent
     # whenever it changes (before or after the next ping).

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from edgepoint import journal
 from edgepoint.chargepoint.delivery import (
     PARKED_RETRY_S,
     Failure,
@@ -149,7 +150,12 @@ class OutboxSender:
                 self._ahead.clear()
                 await self._quarantine(item.seq, item.reason)
                 continue
-            if not await self._deliver(item):
+            sid = item.session_id
+            tx = self._transaction_ids.get(sid) if sid is not None else None
+            # What delivering it logs carries its session and transaction (journal fields).
+            with journal.bound(session_id=sid, transaction_id=tx):
+                delivered = await self._deliver(item)
+            if not delivered:
                 # A failure may park a session or change counts: read afresh.
                 self._ahead.clear()
 
@@ -214,6 +220,12 @@ class OutboxSender:
             await self._store.delivered(entry, transaction_id, str(info["status"]))
             self._windows.append(time.perf_counter() - received)
             self._transaction_ids[entry.session_id] = transaction_id
+            log.info(
+                "StartTransaction confirmed: transaction %d, idTagInfo %s",
+                transaction_id,
+                info.get("status"),
+                extra=journal.fields(transaction_id=transaction_id),
+            )
             self._on_start(entry.session_id, transaction_id, info)
         else:
             await self._store.delivered(entry)
