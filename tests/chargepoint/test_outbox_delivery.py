@@ -840,7 +840,6 @@ async def test_a_cut_after_the_site_csms_stored_a_message_is_resent_and_stored_o
 async def test_the_site_csms_refusals_park_a_start_and_dead_letter_meter_values(
     tmp_path: Path, site: Site, stored: Stored
 ) -> None:
-    await site.start()
     async with charge_point(tmp_path, site.url, policy=RetryPolicy(2, 0.01)) as cp:
         base = base_time()
         # connectorId 0 is the whole charge point: the CSMS refuses a transaction on it.
@@ -853,6 +852,9 @@ async def test_the_site_csms_refusals_park_a_start_and_dead_letter_meter_values(
                 " WHERE message_id = ?",
                 (second[1],),
             )
+        # Only now the CSMS: a sender online from the start could send that MeterValues
+        # before the edit above.
+        await site.start()
         await cp.parked()
         await eventually("S2 confirmed", lambda: len(cp.stopped) == 1)
 
