@@ -855,14 +855,20 @@ def _insert_samples(
 ) -> list[MeterSample]:
     """Insert the samples not stored yet; return those (a retry returns none)."""
     inserted = []
+    # The samples of one meterValue share one timestamp object: format it once.
+    stamp: datetime | None = None
+    text = ""
     for s in samples:
+        if s.timestamp is not stamp:
+            stamp = s.timestamp
+            text = _to_text(stamp)
         cursor = db.execute(
             _INSERT_SAMPLE,
             (
                 charge_point_id,
                 connector_id,
                 transaction_id,
-                _to_text(s.timestamp),
+                text,
                 s.measurand,
                 s.phase,
                 s.unit,

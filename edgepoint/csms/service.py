@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -145,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     # The daemon's journal stream is ours too: native entries, our own identifier.
     setup_logging(config.log_level, config.station.id, identifier="edgepoint-csms")
     logging.getLogger("websockets").setLevel(logging.WARNING)
+    # What is loaded by now (modules, schemas) lives as long as the process: keep it out
+    # of the full collections, each of which would walk all of it again (~13 ms).
+    gc.freeze()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config))
     return 0

@@ -66,9 +66,13 @@ class BadFrame:
 Frame = Call | CallResult | CallError | BadFrame
 
 
+# ASCII-only output: a lone surrogate copied from a peer still encodes as valid JSON.
+# One encoder for every frame: json.dumps with options builds a new one on each call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
 def dumps(message: list[Any]) -> str:
-    # ASCII-only output: a lone surrogate copied from a peer still encodes as valid JSON.
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return _ENCODER.encode(message)
 
 
 def call_frame(unique_id: str, action: str, payload: dict[str, Any]) -> str:
@@ -124,6 +128,12 @@ def _too_deep(value: Any) -> bool:
     return False
 
 
+# One decoder for every frame: json.loads with hooks builds a new one on each call.
+_DECODER = json.JSONDecoder(
+    parse_constant=_no_constants, parse_int=_bounded_int, parse_float=_finite_float
+)
+
+
 def parse(raw: str | bytes) -> Frame:
     """Classify one WebSocket message.
 
@@ -135,9 +145,7 @@ def parse(raw: str | bytes) -> Frame:
     if isinstance(raw, bytes):
         return BadFrame("binary frame (OCPP-J uses text frames)")
     try:
-        message = json.loads(
-            raw, parse_constant=_no_constants, parse_int=_bounded_int, parse_float=_finite_float
-        )
+        message = _DECODER.decode(raw)
     except (ValueError, RecursionError):
         # ValueError also covers integers beyond Python's digit limit.
         match = _CALL_PREFIX.match(raw)
@@ -157,7 +165,9 @@ def parse(raw: str | bytes) -> Frame:
     kind = message[0]
     if isinstance(kind, bool) or not isinstance(kind, int):
         return protocol_error("message type id must be 2, 3 or 4")
-    if _too_deep(message):
+    # A message cannot nest deeper than the brackets it holds (those inside strings only
+    # add to the count): an ordinary frame is cleared without walking it.
+    if raw.count("[") + raw.count("{") >= MAX_DEPTH and _too_deep(message):
         too_deep = f"message nests deeper than {MAX_DEPTH} levels"
         # Only a CALL may be answered; a reply this deep is dropped like any malformed one.
         return (

@@ -168,7 +168,19 @@ def _passes_fast(message_type: int, action: str, payload: dict[str, Any]) -> boo
     return True
 
 
+@functools.cache
+def _empty_is_valid(message_type: int, action: str) -> bool:
+    return _judge(message_type, action, {}) is None
+
+
 def _first_error(message_type: int, action: str, payload: dict[str, Any]) -> Refusal | None:
+    # Most replies (StatusNotification, MeterValues, ...) are {}: judged once per action.
+    if not payload and _empty_is_valid(message_type, action):
+        return None
+    return _judge(message_type, action, payload)
+
+
+def _judge(message_type: int, action: str, payload: dict[str, Any]) -> Refusal | None:
     if _passes_fast(message_type, action, payload):
         return _lone_surrogate(payload)
     error = next(iter(_validator(message_type, action).iter_errors(payload)), None)

@@ -152,8 +152,14 @@ class SqliteWorker:
                 results.append(self._attempt(connection, job))
         if writes:
             results.extend(self._commit_group(connection, writes))
-        for job, value, error in results:
-            job.loop.call_soon_threadsafe(_settle, job.future, value, error)
+        # One wake-up per loop and round, not per job: each call_soon_threadsafe writes to
+        # the loop's self-pipe, and a round settles up to MAX_BATCH futures.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any, BaseException | None]]]
+        by_loop = {}
+        for outcome in results:
+            by_loop.setdefault(outcome[0].loop, []).append(outcome)
+        for loop, outcomes in by_loop.items():
+            loop.call_soon_threadsafe(_settle_all, outcomes)
 
     def _attempt(
         self, connection: sqlite3.Connection, job: _Job
@@ -195,6 +201,11 @@ class SqliteWorker:
         self._writes += len(writes)
         self._largest = max(self._largest, len(writes))
         return done
+
+
+def _settle_all(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
+    for job, value, error in outcomes:
+        _settle(job.future, value, error)
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:

@@ -313,6 +313,15 @@ class Observer:
         if not self._ready.wait(20) or self.failure is not None:
             raise AssertionError(f"observer did not start: {self.failure!r}")
 
+    def observe_at_least(self, heartbeats: int, taps: int = 0, within_s: float = 20) -> None:
+        """Go on observing until there are that many samples: a fuzz that a fast CSMS
+        answers in under a second would otherwise leave too few to judge."""
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline and self.failure is None:
+            if len(self.seen.heartbeat_ms) >= heartbeats and len(self.seen.tap_ms) >= taps:
+                return
+            time.sleep(0.05)
+
     def stop(self) -> Observations:
         self._stop.set()
         self._thread.join(30)

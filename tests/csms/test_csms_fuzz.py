@@ -218,6 +218,7 @@ def test_a_fuzzing_charger_gets_the_right_callerrors_and_disturbs_no_one(tmp_pat
         log_before = daemon.log.stat().st_size
         report, took = fuzz(settings.csms.port, keys[FUZZER], maker, FRAMES, STRAYS)
         rss_after = rss_kib(csms_pid)
+        observer.observe_at_least(heartbeats=10, taps=4)
         seen = observer.stop()
         observer = None
         after = daemon.status()
@@ -293,6 +294,7 @@ def test_with_the_default_limits_a_fuzzing_charger_is_disconnected_and_comes_bac
         log_before = daemon.log.stat().st_size
         report, took = fuzz(settings.csms.port, keys[FUZZER], maker, max(200, FRAMES // 5))
         log = daemon.log.read_bytes()[log_before:].decode(errors="replace")
+        observer.observe_at_least(heartbeats=10)
         seen = observer.stop()
         observer = None
         after = daemon.status()
