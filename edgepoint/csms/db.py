@@ -82,6 +82,25 @@ def _optional_time(text: str | None) -> datetime | None:
     return None if text is None else _from_text(text)
 
 
+def meter_value_record(row: sqlite3.Row) -> MeterValueRecord:
+    """One row of `meter_values` as the record the queries return."""
+    return MeterValueRecord(
+        charge_point_id=ChargePointId(row["charge_point_id"]),
+        connector_id=int(row["connector_id"]),
+        transaction_id=row["transaction_id"],
+        sample=MeterSample(
+            timestamp=_from_text(row["timestamp"]),
+            value=row["value"],
+            measurand=row["measurand"],
+            phase=row["phase"],
+            unit=row["unit"],
+            location=row["location"],
+            format=row["format"],
+            context=row["context"],
+        ),
+    )
+
+
 def _fetch_all(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
     return db.execute(sql, params).fetchall()
 
@@ -1167,24 +1186,7 @@ class MeterValueRepository:
                     (charge_point_id, transaction_id),
                 )
             )
-        return [
-            MeterValueRecord(
-                charge_point_id=ChargePointId(row["charge_point_id"]),
-                connector_id=int(row["connector_id"]),
-                transaction_id=row["transaction_id"],
-                sample=MeterSample(
-                    timestamp=_from_text(row["timestamp"]),
-                    value=row["value"],
-                    measurand=row["measurand"],
-                    phase=row["phase"],
-                    unit=row["unit"],
-                    location=row["location"],
-                    format=row["format"],
-                    context=row["context"],
-                ),
-            )
-            for row in rows
-        ]
+        return [meter_value_record(row) for row in rows]
 
 
 def _foreign(action: str, transaction_id: int) -> Anomaly:

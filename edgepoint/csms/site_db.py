@@ -13,9 +13,10 @@ from datetime import datetime
 from typing import Any
 
 from edgepoint.clock import iso_utc
+from edgepoint.csms.db import meter_value_record
 from edgepoint.csms.health import Health, StatusChange, in_error, score_health
 from edgepoint.csms.ids import ChargePointId
-from edgepoint.csms.records import MeterSample, MeterValueRecord
+from edgepoint.csms.records import MeterValueRecord
 from edgepoint.csms.site_records import (
     ChargerView,
     ConnectorView,
@@ -565,24 +566,7 @@ class SiteQueries:
                 (transaction_id,),
             ).fetchall()
         )
-        return [
-            MeterValueRecord(
-                charge_point_id=ChargePointId(row["charge_point_id"]),
-                connector_id=int(row["connector_id"]),
-                transaction_id=row["transaction_id"],
-                sample=MeterSample(
-                    timestamp=_time(row["timestamp"]),
-                    value=row["value"],
-                    measurand=row["measurand"],
-                    phase=row["phase"],
-                    unit=row["unit"],
-                    location=row["location"],
-                    format=row["format"],
-                    context=row["context"],
-                ),
-            )
-            for row in rows
-        ]
+        return [meter_value_record(row) for row in rows]
 
     async def health(self, charge_point_id: str, start: datetime, end: datetime) -> Health:
         """One charger's health over [start, end)."""
