@@ -22,6 +22,7 @@ the loop pings the ESP32's own watchdog only while it turns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -90,6 +91,9 @@ log = logging.getLogger(__name__)
 KIOSK_TICK_S = 1.0
 # A loop without progress for this long has its relays opened by the watchdog task.
 LOOP_STALL_S = 5.0
+# How long a stop waits for the item in hand to finish (its commit); a database that
+# takes longer is failing, and the stop goes on without it.
+STEP_FINISH_S = 5.0
 
 # Writes kept in memory while the database refuses them, at most; past it the oldest
 # that are not billing (statuses, sampled meter values) are dropped, never a session's.
@@ -508,7 +512,13 @@ class Kiosk:
     # -- the loop --------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Process items one at a time, in arrival order, until cancelled."""
+        """Process items one at a time, in arrival order, until cancelled.
+
+        A cancellation while an item is being handled lets that item finish first: the
+        connector has already moved in memory, and cutting its commit short would leave
+        the database behind it (a session ended in memory, open on disk, closed as
+        PowerLoss at the next start instead of with its own reason).
+        """
         now = self._clock.utc_now()
         await self._commit([self._status_write(0, self._cp_status(), self._cp_error_code(), now)])
         for cid in self.connector_ids:
@@ -518,7 +528,15 @@ class Kiosk:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch())
             while True:
-                await self._step(await self._queue.get())
+                item = await self._queue.get()  # cancelled here: nothing is half done
+                step = asyncio.ensure_future(self._step(item))
+                try:
+                    await asyncio.shield(step)
+                except asyncio.CancelledError:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(STEP_FINISH_S):
+                            await step
+                    raise
 
     async def shutdown(self, reason: StopReason = StopReason.REBOOT) -> None:
         """End running sessions now (relay open, StopTransaction stored) before exiting."""

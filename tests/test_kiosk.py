@@ -96,6 +96,7 @@ class Rig:
     csms: HangingCsms
     esp32: PingCounter
     path: Path
+    task: asyncio.Task[None]
 
     def sample(self, channel: int, energy_wh: int, temperature_c: float = 20.0) -> None:
         self.kiosk.publish(
@@ -145,7 +146,7 @@ async def rig_fixture(tmp_path: Path) -> AsyncIterator[Rig]:
         esp32=esp32,
     )
     task = asyncio.create_task(kiosk.run())
-    rig = Rig(kiosk, panel, factory, csms, esp32, tmp_path / "edgepoint.db")
+    rig = Rig(kiosk, panel, factory, csms, esp32, tmp_path / "edgepoint.db", task)
     rig.sample(1, 1000)
     rig.sample(2, 5000)
     try:
@@ -321,3 +322,35 @@ async def test_the_esp32_hears_each_relay_command_of_its_channel(rig: Rig) -> No
     await eventually("stopped", lambda: not rig.panel.relays[1])
     # Once per change, not once per action.
     assert rig.esp32.reported == [(1, False), (2, False), (1, True), (1, False)]
+
+
+async def test_a_stop_in_the_middle_of_an_item_lets_its_commit_finish(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM (or a reset) cancels the kiosk loop; an item in hand has already moved its
+    connector in memory, so its writes must reach the database before the loop stops."""
+    kiosk = rig.kiosk
+    kiosk.publish(TokenPresented(ALICE))
+    await eventually("charging", lambda: rig.panel.relays == {1: True, 2: False})
+    kiosk.publish(TokenPresented(ALICE))
+    await eventually("finishing", lambda: phases(kiosk)[0] is Phase.FINISHING)
+
+    real_change = ChargePointStore.change
+    committing = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def slow_change(self: ChargePointStore) -> AsyncIterator[Any]:
+        async with real_change(self) as change:
+            yield change
+            committing.set()
+            await asyncio.sleep(0.3)  # a slow SD card, just before the COMMIT
+
+    monkeypatch.setattr(ChargePointStore, "change", slow_change)
+    rig.sample(1, 1010)  # the final reading: the session ends in memory, then commits
+    await committing.wait()
+    rig.task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await rig.task
+    assert phases(kiosk)[0] is Phase.AVAILABLE
+    # What memory says, the database says: the session ended with its own reason.
+    assert query(rig.path, "SELECT state, stop_reason FROM sessions") == [("stopped", "Local")]
