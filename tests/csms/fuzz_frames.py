@@ -49,13 +49,17 @@ connection with 1009, and invalid UTF-8 in a text frame with 1007 (RFC 6455).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from typing import Any
+
+from ocpp.messages import get_validator
+
+from edgepoint.ocppj.validation import KNOWN_ACTIONS, VERSION
 
 RESULT = "CALLRESULT"
 UNREADABLE = "-1"  # the id a CALLERROR carries when the CALL's own cannot be read
@@ -97,21 +101,11 @@ PARSER_DIGITS = 400  # longest integer literal the parser reads (ocppj/frames.py
 
 
 def _schema(action: str) -> dict[str, Any]:
-    text = (resources.files("ocpp.v16") / "schemas" / f"{action}.json").read_text()
-    loaded: dict[str, Any] = json.loads(text)
-    return loaded
+    """The OCPP 1.6 schema of the CALL `action`: a copy of the one the validators use."""
+    schema: dict[str, Any] = copy.deepcopy(get_validator(2, action, VERSION).schema)
+    return schema
 
 
-def _known_actions() -> frozenset[str]:
-    folder = resources.files("ocpp.v16") / "schemas"
-    return frozenset(
-        p.name.removesuffix(".json")
-        for p in folder.iterdir()
-        if p.name.endswith(".json") and not p.name.endswith("Response.json")
-    )
-
-
-KNOWN_ACTIONS = _known_actions()
 SCHEMAS = {action: _schema(action) for action in sorted(KNOWN_ACTIONS)}
 # Defined by OCPP 1.6 but not taken by a CSMS: the CSMS->charger actions, and the security
 # whitepaper's (whose schemas use $ref, which `value` does not follow: left out).
